@@ -1,0 +1,49 @@
+"""Stage `train`: train the SWTformer classifier; save safetensors weights and val scores."""
+from __future__ import annotations
+
+import numpy as np
+from dvclive import Live
+
+from wsss import artifacts, io, runtime
+from wsss.cli import data_root, run_stage
+from wsss.config import load_params, to_dict
+from wsss.data.datasets import TrainCrops, WholeImages
+from wsss.models import ModelConfig, build_model
+from wsss.models.swin import load_pretrained
+from wsss.training import TrainConfig, fit, predict_scores
+
+
+def main() -> None:
+    p = load_params()
+    manifest = artifacts.load_manifest()
+    root = data_root(p)
+    classes, labels = manifest["classes"], manifest["labels"]
+    t = p.train
+    runtime.seed_everything(p.seed)
+    device = runtime.device()
+    cfg = ModelConfig(version=p.model.version, backbone=p.model.backbone, num_classes=len(classes),
+                      img_size=t.crop_size, head_kernel=p.model.head_kernel,
+                      drop_path_rate=p.model.drop_path_rate, class_names=classes)
+    model = build_model(cfg)
+    weights_info = load_pretrained(model.backbone, p.model.backbone, p.model.pretrained)
+    train_set = TrainCrops(root, manifest["splits"][p.data.train_split], labels, len(classes), t.crop_size,
+                           t.resize_long, t.hflip, t.color_jitter, p.seed)
+    val_ids = manifest["splits"][p.data.cls_split]
+    val_set = WholeImages(root, val_ids, labels, len(classes), t.cls_size)
+    tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_mult=t.head_lr_mult,
+                     weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, min_lr_ratio=t.min_lr_ratio,
+                     num_workers=t.num_workers, amp=t.amp, seed=p.seed)
+    print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
+          f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
+    with Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False) as live:
+        summary = fit(model, train_set, val_set, tc, device, live)
+    scores, _ = predict_scores(model, val_set, device, t.batch_size, t.num_workers, t.amp)
+    io.save_weights(artifacts.WEIGHTS, model.state_dict(), metadata={"version": cfg.version})
+    io.save_npz(artifacts.VAL_SCORES, scores=scores.astype(np.float32), ids=np.array(val_ids))
+    io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "summary": summary,
+                                         "pretrained": {"source": p.model.pretrained, **weights_info},
+                                         "params": to_dict(p), "versions": runtime.versions()})
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

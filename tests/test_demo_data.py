@@ -1,0 +1,224 @@
+"""Tests of the synthetic demo data set (wsss.data.demo)."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss.data import demo
+from wsss.data.demo import DEMO_CLASSES, generate_demo
+
+C = len(DEMO_CLASSES)
+TINY = dict(seed=7, n_train_aug=12, n_train=4, n_val=4, min_size=96, max_size=128)
+SAMPLE = dict(seed=11, n_train_aug=50, n_train=10, n_val=10, min_size=96, max_size=128)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("tiny") / "VOC2012"
+    return root, generate_demo(root, **TINY)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """60 images on disk, for the statistical checks."""
+    root = tmp_path_factory.mktemp("sample") / "VOC2012"
+    generate_demo(root, **SAMPLE)
+    return root
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_list(root: Path, split: str) -> list[str]:
+    return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+
+
+def ids_of(root: Path) -> list[str]:
+    return read_list(root, "train_aug") + read_list(root, "val")
+
+
+def load(root: Path, image_id: str):
+    """(RGB image, mask, palette-mode?, XML objects as [(name, (xmin, ymin, xmax, ymax), truncated)])."""
+    img = np.array(Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+    with Image.open(root / "SegmentationClass" / f"{image_id}.png") as im:
+        mode, palette = im.mode, im.getpalette()
+        mask = np.array(im)
+    xml = ET.parse(root / "Annotations" / f"{image_id}.xml").getroot()
+    objects = []
+    for obj in xml.iter("object"):
+        box = tuple(int(obj.find(f"bndbox/{k}").text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        objects.append((obj.find("name").text, box, int(obj.find("truncated").text)))
+    size = tuple(int(xml.find(f"size/{k}").text) for k in ("width", "height", "depth"))
+    return img, mask, mode, palette, objects, size
+
+
+# ------------------------------------------------------------------------------- layout / API
+def test_layout_splits_and_summary(tiny):
+    root, summary = tiny
+    train_aug, train, val = (read_list(root, s) for s in ("train_aug", "train", "val"))
+    assert len(train_aug) == 12 and len(train) == 4 and len(val) == 4
+    assert train == train_aug[:4]                       # train is a subset (prefix) of train_aug
+    assert not set(val) & set(train_aug)
+    assert len(set(train_aug)) == 12 and len(set(val)) == 4
+    assert (root / "classes.txt").read_text().splitlines() == list(DEMO_CLASSES)
+    for image_id in train_aug + val:
+        assert image_id.startswith("demo_")
+        for folder, ext in (("JPEGImages", "jpg"), ("Annotations", "xml"), ("SegmentationClass", "png")):
+            assert (root / folder / f"{image_id}.{ext}").is_file()
+    assert len(list((root / "JPEGImages").iterdir())) == 16
+    assert not list(root.rglob(".*")), "temporary files left behind"
+    assert summary["num_images"] == 16
+    assert summary["splits"] == {"train_aug": 12, "train": 4, "val": 4}
+    assert set(summary["class_counts"]) == set(DEMO_CLASSES)
+    # class_counts = number of images showing each class
+    expected = dict.fromkeys(DEMO_CLASSES, 0)
+    for image_id in train_aug + val:
+        for name in {o[0] for o in load(root, image_id)[4]}:
+            expected[name] += 1
+    assert summary["class_counts"] == expected
+
+
+def test_refuses_non_empty_root_and_bad_arguments(tmp_path):
+    (tmp_path / "x.txt").write_text("occupied")
+    with pytest.raises(FileExistsError):
+        generate_demo(tmp_path, **TINY)
+    with pytest.raises(ValueError):
+        generate_demo(tmp_path / "a", **{**TINY, "n_train": 13})
+    with pytest.raises(ValueError):
+        generate_demo(tmp_path / "b", **{**TINY, "min_size": 130})
+
+
+# ------------------------------------------------------------------------------- determinism
+def test_same_seed_same_bytes_other_seed_other_images(tiny, tmp_path):
+    root, _ = tiny
+    again = tmp_path / "again"
+    generate_demo(again, progress=True, **TINY)         # progress bar must not change the output
+    first, second = all_files(root), all_files(again)
+    assert first.keys() == second.keys()
+    assert all(first[k] == second[k] for k in first), "same seed must give byte-identical files"
+
+    other = tmp_path / "other"
+    generate_demo(other, **{**TINY, "seed": TINY["seed"] + 1})
+    jpgs = [k for k in first if k.endswith(".jpg")]
+    third = all_files(other)
+    assert sum(first[k] != third[k] for k in jpgs) == len(jpgs), "another seed must change every image"
+
+
+def test_image_does_not_depend_on_the_others(tiny, tmp_path):
+    root, _ = tiny
+    small = tmp_path / "small"
+    generate_demo(small, **{**TINY, "n_train_aug": 3, "n_train": 1, "n_val": 0})
+    for image_id in read_list(small, "train_aug"):
+        for rel in (f"JPEGImages/{image_id}.jpg", f"SegmentationClass/{image_id}.png", f"Annotations/{image_id}.xml"):
+            assert (small / rel).read_bytes() == (root / rel).read_bytes()
+
+
+# ------------------------------------------------------------------------------- masks vs labels
+def test_masks_match_annotations(tiny):
+    root, _ = tiny
+    names = {n: k for k, n in enumerate(DEMO_CLASSES, start=1)}
+    for image_id in ids_of(root):
+        img, mask, mode, palette, objects, size = load(root, image_id)
+        h, w = mask.shape
+        assert mode == "P"
+        assert palette[:6] == [0, 0, 0, 128, 0, 0] and palette[255 * 3:256 * 3] == [224, 224, 192]
+        assert img.shape == (h, w, 3) and size == (w, h, 3)
+        assert 96 <= h <= 128 and 96 <= w <= 128
+        values = set(np.unique(mask).tolist())
+        assert values <= set(range(C + 1)) | {255}
+        assert 1 <= len(objects) <= 3
+        xml_classes = {names[o[0]] for o in objects}
+        assert values - {0, 255} == xml_classes
+        # ignore band: present, and no two different real labels touch (4-neighbourhood)
+        assert 255 in values
+        for a, b in ((mask[1:], mask[:-1]), (mask[:, 1:], mask[:, :-1])):
+            change = (a != b) & (a != 255) & (b != 255)
+            assert not change.any(), f"{image_id}: label change without ignore band"
+        # the boxes (1-based, inclusive) of a class cover all of its labelled pixels
+        for k in xml_classes:
+            cover = np.zeros_like(mask, dtype=bool)
+            for name, (x0, y0, x1, y1), _ in objects:
+                assert 1 <= x0 <= x1 <= w and 1 <= y0 <= y1 <= h
+                if names[name] == k:
+                    cover[y0 - 1:y1, x0 - 1:x1] = True
+            assert not ((mask == k) & ~cover).any()
+
+
+def test_rendered_objects_stay_visible_and_inside():
+    """Internal invariants: >= 35 % visible, >= 150 labelled pixels, <= ~30 % cut by the border."""
+    occluded = 0
+    for i in range(60):
+        img, mask, inst, objects = demo._render_sample(3, i, 96, 128, 3)
+        h, w = mask.shape
+        for j, obj in enumerate(objects):
+            visible = inst == j + 1
+            assert visible.sum() >= 0.35 * obj.area
+            assert ((mask == obj.cls) & visible).sum() >= 150
+            inside = np.count_nonzero(obj.patch[obj.clip(h, w)[1]])
+            assert inside >= 0.7 * obj.area - 1
+            assert obj.truncated == (inside < obj.area)
+            occluded += visible.sum() < inside
+    assert occluded > 0
+
+
+# ------------------------------------------------------------------------------- fairness
+def test_colour_is_not_a_class_cue(sample):
+    feats, classes = [], []
+    for image_id in ids_of(sample):
+        img, mask = load(sample, image_id)[:2]
+        for k in set(np.unique(mask).tolist()) - {0, 255}:
+            feats.append(img[mask == k].astype(np.float64).mean(axis=0))
+            classes.append(k)
+    feats, classes = np.array(feats), np.array(classes)
+    assert set(classes.tolist()) == set(range(1, C + 1))
+    assert min(np.bincount(classes)[1:]) >= 10
+    spread, grand = feats.std(axis=0), feats.mean(axis=0)
+    class_means = np.array([feats[classes == k].mean(axis=0) for k in range(1, C + 1)])
+    # every class's mean colour lies well within the spread of object colours (colour-coded
+    # classes would sit several standard deviations apart)
+    assert (np.abs(class_means - grand) / spread).max() < 0.9
+    # leave-one-out nearest-class-mean on colour is near chance (1/6)
+    hits = 0
+    for n in range(len(feats)):
+        keep = np.arange(len(feats)) != n
+        means = np.array([feats[keep & (classes == k)].mean(axis=0) for k in range(1, C + 1)])
+        hits += int(np.argmin(((means - feats[n]) ** 2).sum(axis=1)) + 1 == classes[n])
+    assert hits / len(feats) < 0.4
+
+
+def test_sample_has_multi_object_images_and_occlusion(sample):
+    multi = touching = 0
+    for image_id in ids_of(sample):
+        mask, objects = load(sample, image_id)[1], load(sample, image_id)[4]
+        multi += len(objects) >= 2
+        # two different classes separated only by the ignore band: one object occludes another
+        present = sorted(set(np.unique(mask).tolist()) - {0, 255})
+        for a in present:
+            near = np.zeros_like(mask, dtype=bool)
+            ys, xs = np.nonzero(mask == a)
+            for dy in range(-3, 4):
+                for dx in range(-3, 4):
+                    near[np.clip(ys + dy, 0, mask.shape[0] - 1), np.clip(xs + dx, 0, mask.shape[1] - 1)] = True
+            if any((near & (mask == b)).any() for b in present if b != a):
+                touching += 1
+                break
+    assert multi >= 1
+    assert touching >= 1
+
+
+# ------------------------------------------------------------------------------- the VOC reader
+def test_voc_reader_reads_it(tiny):
+    voc = pytest.importorskip("wsss.data.voc")
+    root, _ = tiny
+    classes = voc.class_names(root)
+    assert classes == DEMO_CLASSES
+    index = {n: k for k, n in enumerate(classes, start=1)}
+    for split in ("train_aug", "train", "val"):
+        for image_id in voc.read_split(root, split, classes):
+            record = voc.check_image(root, image_id, index, with_mask=True)
+            assert record["labels"]

@@ -1,0 +1,78 @@
+"""Where the pipeline's artifacts live and how each is read back: one place for paths and formats.
+
+Layout (relative to the project directory)::
+
+    data/prepared/manifest.json        ids, labels, sizes, classes, counts, data fingerprint
+    data/prepared/VOC2012/             the generated demo (only when data.root is 'demo')
+    models/model.safetensors           trained weights
+    models/model.json                  ModelConfig + training summary + versions
+    models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
+    cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16
+    previews/<id>.png                  CAM-over-image mosaics
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .models import ModelConfig
+
+PREPARED = Path("data/prepared")
+MANIFEST = PREPARED / "manifest.json"
+DEMO_ROOT = PREPARED / "VOC2012"
+MODELS = Path("models")
+WEIGHTS = MODELS / "model.safetensors"
+MODEL_INFO = MODELS / "model.json"
+VAL_SCORES = MODELS / "val_scores.npz"
+CAMS = Path("cams")
+PREVIEWS = Path("previews")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def load_manifest(path: Path = MANIFEST) -> dict:
+    return io.read_json(path)
+
+
+def cam_path(split: str, image_id: str, base: Path = CAMS) -> Path:
+    return Path(base) / split / f"{image_id}.npz"
+
+
+def save_cams(path: Path, keys, maps: dict[str, np.ndarray]) -> None:
+    """Seed maps of one image: ``keys`` (k,) class indices and each map (k', H, W) as float16."""
+    io.save_npz(path, keys=np.asarray(keys, dtype=np.int16),
+                **{name: m.astype(np.float16) for name, m in maps.items()})
+
+
+def load_cams(path: Path, expect_shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Read seed maps back (no pickle) as float32, checking their size against the image's."""
+    arrays = io.load_npz(path)
+    if "keys" not in arrays or "cam" not in arrays:
+        raise io.ArtifactError(f"{path}: not a seed-map file (needs arrays 'keys' and 'cam')")
+    out = {k: (v.astype(np.float32) if k != "keys" else v.astype(np.int64)) for k, v in arrays.items()}
+    if out["cam"].shape[0] != len(out["keys"]):
+        raise io.ArtifactError(f"{path}: {out['cam'].shape[0]} CAM channels for {len(out['keys'])} keys")
+    if expect_shape is not None and out["cam"].shape[1:] != tuple(expect_shape):
+        raise io.ArtifactError(f"{path}: maps are {out['cam'].shape[1:]}, image is {tuple(expect_shape)}")
+    return out
+
+
+def load_model_config(path: Path = MODEL_INFO) -> ModelConfig:
+    info = io.read_json(path)
+    return ModelConfig(**info["config"])
+
+
+def load_model(device=None):
+    """The trained model from ``models/`` (safetensors), in eval mode on ``device``."""
+    from .models import build_model
+
+    cfg = load_model_config()
+    model = build_model(cfg)
+    state = io.load_weights(WEIGHTS)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise io.ArtifactError(f"{WEIGHTS}: does not fit {cfg.version}/{cfg.backbone}: "
+                               f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.to(device or "cpu").eval()

@@ -1,0 +1,210 @@
+"""Parameters: the schema of ``params.yaml`` and its validation.
+
+Every knob of the pipeline is declared here once, with its type and the values it may take.
+``load_params`` reads ``params.yaml``, rejects an unknown key, a wrong type or a bad value with
+one :class:`ParamsError` that names the key, and returns the parameters as nested attribute
+namespaces (``p.train.epochs``). Stages call it first, before any work.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter is unknown, missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf parameter: its expected type(s) and an optional value check.
+
+    ``check`` returns an error message for a bad value, or None when the value is fine.
+    """
+
+    types: tuple
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _positive(v) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _fraction(v) -> str | None:
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
+def _pair(v) -> str | None:
+    if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return "must be a list of two integers [low, high]"
+    if not 0 < v[0] <= v[1]:
+        return "must satisfy 0 < low <= high"
+    return None
+
+
+def _scales(v) -> str | None:
+    if not v:
+        return "must list at least one scale"
+    for s in v:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+            return f"every scale must be a number > 0 (got {s!r})"
+    return None
+
+
+def _splits(v) -> str | None:
+    if not v or not all(isinstance(s, str) and s for s in v):
+        return "must be a non-empty list of split names"
+    return None
+
+
+def _pretrained(v) -> str | None:
+    return None if v.strip() else "must be 'none', 'timm' or a checkpoint path"
+
+
+INT, FLOAT, STR, BOOL, LIST = (int,), (int, float), (str,), (bool,), (list,)
+
+# The whole parameter tree. A dict is a section; a Field is a leaf.
+SCHEMA: dict[str, Any] = {
+    "seed": Field(INT, _non_negative, "global seed (data order, augmentation, init)"),
+    "data": {
+        "root": Field(STR, None, "'demo' (generated) or the VOC2012 folder, absolute or relative"),
+        "train_split": Field(STR, None, "split the classifier trains on"),
+        "seed_split": Field(STR, None, "split where seeds are scored against masks"),
+        "cls_split": Field(STR, None, "split where classification mAP is scored"),
+        "demo": {
+            "seed": Field(INT, _non_negative, "the demo set is generated from this seed"),
+            "num_train_aug": Field(INT, _positive),
+            "num_train": Field(INT, _positive),
+            "num_val": Field(INT, _positive),
+            "min_size": Field(INT, _positive),
+            "max_size": Field(INT, _positive),
+            "max_objects": Field(INT, _positive),
+        },
+    },
+    "model": {
+        "version": Field(STR, _choice("v1", "v2"), "SWTformer-V1 or -V2"),
+        "backbone": Field(STR, None, "a timm Swin name, or 'swin_nano' (CPU demo)"),
+        "pretrained": Field(STR, _pretrained, "none | timm | path to a checkpoint"),
+        "drop_path_rate": Field(FLOAT, _fraction),
+        "head_kernel": Field(INT, lambda v: None if v in (1, 3) else "must be 1 or 3"),
+    },
+    "train": {
+        "epochs": Field(INT, _positive),
+        "batch_size": Field(INT, _positive),
+        "crop_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32"),
+        "resize_long": Field(LIST, _pair, "random rescale of the long side, [low, high] px"),
+        "hflip": Field(BOOL),
+        "color_jitter": Field(FLOAT, _fraction, "brightness/contrast/saturation jitter, 0 = off"),
+        "lr": Field(FLOAT, _positive, "backbone learning rate"),
+        "head_lr_mult": Field(FLOAT, _positive, "new layers learn at lr * this"),
+        "weight_decay": Field(FLOAT, _non_negative),
+        "warmup_epochs": Field(FLOAT, _non_negative),
+        "min_lr_ratio": Field(FLOAT, _fraction, "cosine floor as a fraction of the peak lr"),
+        "num_workers": Field(INT, _non_negative),
+        "amp": Field(BOOL, None, "mixed precision on CUDA (ignored on CPU)"),
+        "cls_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32",
+                          "whole-image size for classification scoring"),
+    },
+    "cams": {
+        "splits": Field(LIST, _splits, "splits to compute seeds on (must hold data.seed_split)"),
+        "scales": Field(LIST, _scales),
+        "flip": Field(BOOL),
+        "num_previews": Field(INT, _non_negative),
+    },
+    "evaluate": {
+        "threshold_start": Field(FLOAT, _fraction),
+        "threshold_stop": Field(FLOAT, _fraction),
+        "num_thresholds": Field(INT, _positive),
+    },
+}
+
+
+def _namespace(d: Mapping[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**{k: _namespace(v) if isinstance(v, Mapping) else v for k, v in d.items()})
+
+
+def to_dict(ns: SimpleNamespace) -> dict:
+    """Inverse of the namespace conversion: plain nested dicts (for JSON records)."""
+    return {k: to_dict(v) if isinstance(v, SimpleNamespace) else v for k, v in vars(ns).items()}
+
+
+def _validate(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, source: str) -> None:
+    if not isinstance(node, Mapping):
+        raise ParamsError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping")
+    for key in node:
+        if key not in schema:
+            near = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+            raise ParamsError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    for key, spec in schema.items():
+        name = prefix + key
+        if key not in node:
+            raise ParamsError(f"{source}: missing key '{name}'")
+        value = node[key]
+        if isinstance(spec, dict):
+            _validate(value, spec, name + ".", source)
+            continue
+        # bool is an int in Python: only accept it where a bool is asked for
+        ok_type = isinstance(value, spec.types) and (bool in spec.types or not isinstance(value, bool))
+        if not ok_type:
+            want = " or ".join(t.__name__ for t in spec.types)
+            raise ParamsError(f"{source}: '{name}' must be {want}, got {type(value).__name__} {value!r}")
+        if spec.check is not None:
+            msg = spec.check(value)
+            if msg:
+                raise ParamsError(f"{source}: '{name}' {msg} (got {value!r})")
+
+
+def _cross_checks(p: SimpleNamespace, source: str) -> None:
+    if p.data.seed_split not in p.cams.splits:
+        raise ParamsError(f"{source}: 'cams.splits' must include data.seed_split '{p.data.seed_split}'")
+    if p.data.demo.min_size > p.data.demo.max_size:
+        raise ParamsError(f"{source}: 'data.demo.min_size' must be <= data.demo.max_size")
+    if p.data.demo.num_train > p.data.demo.num_train_aug:
+        raise ParamsError(f"{source}: 'data.demo.num_train' must be <= data.demo.num_train_aug")
+    if p.evaluate.threshold_start > p.evaluate.threshold_stop:
+        raise ParamsError(f"{source}: 'evaluate.threshold_start' must be <= evaluate.threshold_stop")
+
+
+def validate_params(raw: Mapping[str, Any], source: str = "params") -> SimpleNamespace:
+    """Check a parameter tree against :data:`SCHEMA`; return it as nested namespaces."""
+    _validate(raw, SCHEMA, "", source)
+    params = _namespace(raw)
+    _cross_checks(params, source)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> SimpleNamespace:
+    """Read and validate ``params.yaml``; raise :class:`ParamsError` naming the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return validate_params(raw or {}, str(path))
+
+
+def thresholds(p: SimpleNamespace) -> list[float]:
+    """The background thresholds the evaluate stage sweeps, from the ``evaluate`` section."""
+    e = p.evaluate
+    if e.num_thresholds == 1:
+        return [float(e.threshold_start)]
+    step = (e.threshold_stop - e.threshold_start) / (e.num_thresholds - 1)
+    return [round(e.threshold_start + i * step, 6) for i in range(e.num_thresholds)]

@@ -1,0 +1,121 @@
+"""Torch data sets over the manifest: augmented training crops and whole-image classification.
+
+Augmentation follows AdvCAM/IRN/SIPE (SPEC "Data"): rescale the long side to a random length in
+``resize_long``, horizontal flip, ImageNet normalisation, random crop (padding with zeros, i.e.
+the mean colour, where the image is smaller than the crop); colour jitter only if asked.
+Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``: a sample's crop does
+not depend on workers, processes or what ran before, so runs repeat exactly and resume exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset
+
+from . import voc
+
+MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32) * 255
+STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32) * 255
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (H, W, 3), ImageNet mean/std."""
+    return (img.astype(np.float32) - MEAN) / STD
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """float (H, W, 3) -> (3, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def multi_hot(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Foreground indices 1..C -> (C,) float vector."""
+    y = torch.zeros(num_classes)
+    for k in labels:
+        y[k - 1] = 1.0
+    return y
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def rescale_long(img: np.ndarray, long_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = long_side / max(h, w)
+    return resize(img, max(1, round(h * s)), max(1, round(w * s)))
+
+
+def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation each scaled by a factor in [1-s, 1+s] (uint8 in/out)."""
+    x = img.astype(np.float32)
+    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
+    x = x * b
+    x = (x - x.mean()) * c + x.mean()
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - grey[..., None]) * s + grey[..., None]
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Crop (size, size) at a random place; zero-pad (after normalisation) where smaller."""
+    h, w = img.shape[:2]
+    out = np.zeros((size, size, img.shape[2]), dtype=img.dtype)
+    ch, cw = min(size, h), min(size, w)
+    # offsets into the image (when larger) and into the output (when smaller)
+    iy = rng.integers(0, h - ch + 1)
+    ix = rng.integers(0, w - cw + 1)
+    oy = rng.integers(0, size - ch + 1)
+    ox = rng.integers(0, size - cw + 1)
+    out[oy:oy + ch, ox:ox + cw] = img[iy:iy + ch, ix:ix + cw]
+    return out
+
+
+class TrainCrops(Dataset):
+    """Augmented training crops: item -> (image (3, crop, crop) float, labels (C,) float, index)."""
+
+    def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int,
+                 crop_size: int, resize_long: Sequence[int], hflip: bool, jitter: float, seed: int):
+        self.root, self.ids, self.labels = Path(root), list(ids), labels
+        self.num_classes, self.crop_size = num_classes, crop_size
+        self.resize_long, self.hflip, self.jitter, self.seed = tuple(resize_long), hflip, jitter, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating an epoch (workers are re-created per epoch and see it)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image_id = self.ids[index]
+        img = voc.read_image(voc.image_path(self.root, image_id))
+        img = rescale_long(img, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
+        if self.hflip and rng.random() < 0.5:
+            img = img[:, ::-1]
+        if self.jitter > 0:
+            img = color_jitter(img, self.jitter, rng)
+        img = random_crop(normalize(img), self.crop_size, rng)
+        return to_tensor(img), multi_hot(self.labels[image_id], self.num_classes), index
+
+
+class WholeImages(Dataset):
+    """Whole images resized to (size, size) for classification scoring: -> (image, labels, index)."""
+
+    def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int, size: int):
+        self.root, self.ids, self.labels, self.num_classes, self.size = Path(root), list(ids), labels, num_classes, size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        img = resize(voc.read_image(voc.image_path(self.root, image_id)), self.size, self.size)
+        return to_tensor(normalize(img)), multi_hot(self.labels[image_id], self.num_classes), index

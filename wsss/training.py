@@ -1,0 +1,172 @@
+"""Classifier training: AdamW, warm-up + cosine, AMP on CUDA, DVCLive logging, tqdm progress.
+
+The same code runs on CPU and CUDA: autocast and the gradient scaler are switched on only where
+they exist (``enabled=``), nothing else branches on the device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from . import losses, metrics
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is NaN or infinite)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    head_lr_mult: float
+    weight_decay: float
+    warmup_epochs: float
+    min_lr_ratio: float
+    num_workers: int
+    amp: bool
+    seed: int
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation each epoch from ``(seed, epoch)``: the order repeats run after run."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
+    """Backbone at ``lr``, new layers at ``lr * head_lr_mult``; no decay on norms, biases, tables."""
+    new_ids = {id(p) for p in model.new_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or "relative_position_bias_table" in name
+        groups.setdefault((id(p) in new_ids, no_decay), []).append(p)
+    out = []
+    for (is_new, no_decay), params in sorted(groups.items()):
+        out.append({"params": params, "lr": lr * (head_lr_mult if is_new else 1.0),
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "name": ("new" if is_new else "backbone") + ("_no_decay" if no_decay else "")})
+    return out
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up from ~0 to 1, then cosine down to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int,
+                   num_workers: int = 0, amp: bool = False, desc: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    """Class logits (N, C) and labels (N, C) over a :class:`WholeImages` data set, in its order."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    all_scores, all_labels = [], []
+    use_amp = amp and device.type == "cuda"
+    for x, y, _ in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(x.to(device, non_blocking=True))["logits"]
+        all_scores.append(logits.float().cpu())
+        all_labels.append(y)
+    model.train(was_training)
+    return torch.cat(all_scores).numpy(), torch.cat(all_labels).numpy()
+
+
+def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
+        device: torch.device, live=None, cls_batch_size: int | None = None) -> dict:
+    """Train ``model`` in place; return the last epoch's summary (loss, lr, val mAP).
+
+    ``live`` is a DVCLive ``Live`` (or None): every step logs each loss term and the lr, every
+    epoch logs the epoch's mean loss and the validation mAP.
+    """
+    model.to(device).train()
+    sampler = EpochShuffle(len(train_set), cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch "
+                            f"of train.batch_size={cfg.batch_size}")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr)
+    total = cfg.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    summary: dict = {}
+    step = 0
+    for epoch in range(cfg.epochs):
+        sampler.set_epoch(epoch)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        for x, y, _ in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                out = model(x)
+            terms = losses.total_loss(out, y)
+            loss = terms["total"]
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"(lr {optimizer.param_groups[0]['lr']:.3g}): training stopped. Lower train.lr, "
+                    f"check the data, or turn train.amp off.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            step += 1
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{values['total']:.4f}", lr=f"{lr:.2e}")
+            if live is not None:
+                for k, v in values.items():
+                    live.log_metric(f"train/loss_{k}", v)
+                live.log_metric("train/lr", lr)
+                live.next_step()
+        summary = {"epoch": epoch + 1, "loss": sums["total"] / steps_per_epoch, "lr": lr}
+        if val_set is not None:
+            s, y = predict_scores(model, val_set, device, cls_batch_size or cfg.batch_size, cfg.num_workers,
+                                  cfg.amp, desc="val mAP")
+            m = metrics.mean_ap(s, y)
+            summary.update(map_per_image=m["map_per_image"], map_per_class=m["map_per_class"])
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        if live is not None:
+            live.log_metric("epoch/loss", summary["loss"], plot=True)
+            for k in ("map_per_image", "map_per_class"):
+                if k in summary:
+                    live.log_metric(f"epoch/val_{k}", summary[k])
+    return summary
