@@ -45,10 +45,13 @@ def create_backbone(name: str, img_size: int, drop_path_rate: float) -> SwinTran
     if name in SMALL_CONFIGS:
         model = timm.create_model(SMALL_BASE, **kwargs, **SMALL_CONFIGS[name])
     else:
+        if not timm.is_model(name):
+            raise BackboneError(f"model.backbone: unknown model '{name}' (a timm Swin name or one of "
+                                f"{', '.join(SMALL_CONFIGS)})")
         try:
             model = timm.create_model(name, **kwargs)
-        except RuntimeError as exc:
-            raise BackboneError(f"model.backbone: unknown model '{name}' ({exc})") from None
+        except (RuntimeError, TypeError) as exc:
+            raise BackboneError(f"model.backbone: '{name}' cannot be built as a Swin backbone ({exc})") from None
     if not isinstance(model, SwinTransformer):
         raise BackboneError(f"model.backbone: '{name}' is not a Swin Transformer")
     _record_training_layout(model)
@@ -80,7 +83,10 @@ def load_pretrained(model: SwinTransformer, name: str, pretrained: str) -> dict:
         for key in ("model", "state_dict"):
             if key in state and isinstance(state[key], dict):
                 state = state[key]
-    state = checkpoint_filter_fn(state, model)
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except (AttributeError, KeyError, RuntimeError) as exc:
+        raise BackboneError(f"model.pretrained: '{pretrained}' does not fit backbone '{name}' ({exc})") from None
     state = {k: v for k, v in state.items() if not k.startswith("head")}
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]

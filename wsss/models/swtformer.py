@@ -45,7 +45,7 @@ class SWTformerV1(nn.Module):
         self.backbone = swin.create_backbone(cfg.backbone, cfg.img_size, cfg.drop_path_rate)
         dim = self.backbone.num_features
         self.head = nn.Conv2d(dim, cfg.num_classes, cfg.head_kernel, padding=cfg.head_kernel // 2, bias=False)
-        nn.init.kaiming_normal_(self.head.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.trunc_normal_(self.head.weight, std=0.02)  # timm head init: unit-scale logits at start
 
     @property
     def pad_multiple(self) -> int:

@@ -1,0 +1,140 @@
+"""End to end: the DVC pipeline on a tiny configuration, in a temporary copy of the repository."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "data": {"demo": {"num_train_aug": 40, "num_train": 12, "num_val": 12, "min_size": 96, "max_size": 128}},
+    "train": {"epochs": 2, "batch_size": 8, "resize_long": [96, 160], "num_workers": 0},
+    "cams": {"scales": [1.0, 0.5], "num_previews": 2},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
+    return base
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", WSSS_DEVICE="cpu",
+               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@localhost")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def copy_repo(dest: Path, overrides: dict) -> Path:
+    """The repository's files (tracked and new, not ignored) in a fresh git repo, with tiny params."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file() and not f.startswith("dvc.lock"):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "tiny"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("repo"), TINY)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_repro_produces_scored_seeds(tiny_run: Path):
+    m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
+    assert 0.0 < m["seed"]["miou"] <= 1.0
+    assert 0.0 <= m["seed"]["threshold"] <= 0.95
+    assert 0.0 < m["cls"]["map_per_image"] <= 1.0
+    sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
+    assert sweep[0] == "threshold,miou" and len(sweep) == 21
+    assert max(float(r.split(",")[1]) for r in sweep[1:]) == pytest.approx(m["seed"]["miou"], abs=1e-6)
+    ids = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    assert sorted(p.stem for p in (tiny_run / "cams/train").glob("*.npz")) == sorted(ids)
+    assert len(list((tiny_run / "previews").glob("*.png"))) == 2
+    run_info = json.loads((tiny_run / "metrics/run.json").read_text())
+    assert {"torch", "timm", "dvc", "wsss"} <= set(run_info["versions"])
+    shown = run(["dvc", "metrics", "show"], tiny_run).stdout
+    assert "seed.miou" in shown and "cls.map_per_image" in shown
+    assert "train/loss_cls" in (tiny_run / "dvclive/train/metrics.json").read_text()
+
+
+@pytest.mark.slow
+def test_repro_is_deterministic_and_cached(tiny_run: Path):
+    before = (tiny_run / "metrics/evaluate.json").read_text()
+    weights = (tiny_run / "models/model.safetensors").read_bytes()
+    # nothing changed: only the always-checked prepare stage runs, the rest is skipped
+    out = run(["dvc", "repro"], tiny_run).stdout
+    assert "Stage 'train' didn't change, skipping" in out
+    run(["dvc", "repro", "-f", "train"], tiny_run)
+    run(["dvc", "repro"], tiny_run)
+    assert (tiny_run / "models/model.safetensors").read_bytes() == weights
+    assert (tiny_run / "metrics/evaluate.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_external_root_relative_and_absolute(tiny_run: Path, tmp_path: Path):
+    """A VOC root outside the repo, named relatively or absolutely, gives the same manifest."""
+    data = tmp_path / "VOCdevkit" / "VOC2012"
+    shutil.copytree(tiny_run / "data/prepared/VOC2012", data)
+    work = copy_repo(tmp_path / "repo", TINY)
+    manifests = []
+    for root in (os.path.relpath(data, work), str(data)):
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        params["data"]["root"] = root
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run([sys.executable, "-m", "stages.prepare"], work)
+        manifests.append(json.loads((work / "data/prepared/manifest.json").read_text()))
+    assert manifests[0] == manifests[1]
+    demo = json.loads((tiny_run / "data/prepared/manifest.json").read_text())
+    assert manifests[0]["fingerprint"] == demo["fingerprint"]
+    assert not (work / "data/prepared/VOC2012").exists()
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ({"model": {"version": "v3"}}, "model.version"),
+    ({"cams": {"scales": [1.0, 0]}}, "cams.scales"),
+    ({"train": {"epoch": 3}}, "train.epoch"),
+])
+def test_bad_params_fail_before_work(tmp_path: Path, override: dict, culprit: str):
+    repo = copy_repo(tmp_path, override)
+    proc = run([sys.executable, "-m", "stages.prepare"], repo, check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("prepare: error:") and culprit in lines[-1]
+    assert not (repo / "data/prepared").exists()
+
+
+def test_corrupt_image_fails_prepare_naming_file(tmp_path: Path):
+    from wsss.data.demo import generate_demo
+
+    data = tmp_path / "VOC2012"
+    generate_demo(data, seed=1, n_train_aug=8, n_train=3, n_val=3, min_size=96, max_size=112)
+    bad = data / "JPEGImages" / "demo_000002.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    repo = copy_repo(tmp_path / "repo", {"data": {"root": str(data)}})
+    proc = run([sys.executable, "-m", "stages.prepare"], repo, check=False)
+    assert proc.returncode == 2
+    assert "demo_000002.jpg" in proc.stderr and "corrupt" in proc.stderr
+    assert not (repo / "data/prepared/manifest.json").exists()
