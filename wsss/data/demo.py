@@ -13,9 +13,11 @@ so the reader of real VOC (:mod:`wsss.data.voc`) reads it unchanged.
 
 What makes it a fair, small test of WSSS:
 
-* Classes are defined by SHAPE only (:data:`DEMO_CLASSES`). Every object's colours and texture
-  are drawn independently of its class, so colour is no class cue; the colour is chosen to
-  contrast with what lies beneath the object on average, but not always.
+* Classes are defined by SHAPE (:data:`DEMO_CLASSES`), not by colour alone: an object's hue
+  comes from one of two 60-degree hue sectors, each sector shared by two classes, so colour
+  narrows a class down to two candidates and only the shape tells them apart (as in real data,
+  where colour correlates with class without defining it). Objects are saturated, backgrounds
+  and clutter are muted: a from-scratch network finds objects within a CPU demo's budget.
 * Backgrounds are cluttered (colour gradient, low-frequency noise, thin lines, short curves,
   small irregular blobs), and none of the clutter has a class shape.
 * Objects vary in size, position, rotation, may be cut by the border (at most ~30 %) and may
@@ -247,10 +249,6 @@ def _layout(rng: np.random.Generator, h: int, w: int, max_objects: int) -> list[
 # --------------------------------------------------------------------------------------------
 # Appearance: background clutter, object colours and textures, noise. All float32 RGB 0..255.
 # --------------------------------------------------------------------------------------------
-def _random_colour(rng: np.random.Generator) -> tuple[float, float, float]:
-    return tuple(float(v) for v in rng.uniform(0, 255, 3))
-
-
 def _ramp(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A linear 0..1 ramp over an (h, w) grid along a random direction."""
     t = rng.uniform(0, 2 * math.pi)
@@ -261,7 +259,7 @@ def _ramp(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth colour gradient + low-frequency colour noise + thin lines, short curves, small blobs."""
-    ca, cb = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    ca, cb = np.array(_muted(rng)), np.array(_muted(rng))
     t = _ramp(rng, h, w)[..., None]
     img = (ca * (1 - t) + cb * t).astype(np.float32)
     gh, gw = int(rng.integers(3, 7)), int(rng.integers(3, 7))
@@ -272,30 +270,42 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     short = min(h, w)
     for _ in range(int(rng.integers(2, 7))):           # thin straight lines, possibly long
         p, q = rng.integers(0, [w, h], size=(2, 2))
-        cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), _random_colour(rng),
+        cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), _muted(rng),
                  int(rng.integers(1, 3)), cv2.LINE_AA)
     for _ in range(int(rng.integers(1, 5))):           # short quadratic Bezier curves
         c0 = rng.uniform(0, [w, h])
         ctrl = c0 + rng.uniform(-0.15, 0.15, (3, 2)) * short
         s = np.linspace(0, 1, 16)[:, None]
         curve = (1 - s) ** 2 * ctrl[0] + 2 * s * (1 - s) * ctrl[1] + s ** 2 * ctrl[2]
-        cv2.polylines(img, [np.round(curve).astype(np.int32)], False, _random_colour(rng),
+        cv2.polylines(img, [np.round(curve).astype(np.int32)], False, _muted(rng),
                       int(rng.integers(1, 4)), cv2.LINE_AA)
     for _ in range(int(rng.integers(1, 6))):           # small irregular blobs (<= ~6 % of side)
         c0 = rng.uniform(0, [w, h])
         radii = rng.uniform(0.02, 0.06) * short * rng.uniform(0.45, 1.0, 9)
         pts = _regular_vertices(9, radii, rng.uniform(0, 2 * math.pi)) + c0
-        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], _random_colour(rng), cv2.LINE_AA)
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], _muted(rng), cv2.LINE_AA)
     return img.astype(np.float32)
 
 
-def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A random colour, usually (70 %) the most contrasting of 4 random candidates against the
-    mean colour ``under`` the object, otherwise just the first candidate. Class-independent."""
-    cands = rng.uniform(0, 255, (4, 3))
-    if rng.random() < 0.7:
-        return cands[int(np.argmax(np.linalg.norm(cands - under, axis=1)))]
-    return cands[0]
+def _muted(rng: np.random.Generator) -> tuple[float, float, float]:
+    """A random colour pulled most of the way towards its own grey: backgrounds and clutter are
+    dull, so objects stand out by colourfulness but not by any class-specific colour."""
+    c = rng.uniform(0, 255, 3)
+    c = c + rng.uniform(0.55, 0.85) * (c.mean() - c)
+    return tuple(float(v) for v in c)
+
+
+#: hue sectors (60 degrees each); class k draws from sector k-1 or k (mod 6), so every sector is
+#: shared by two classes: colour narrows the class down to two candidates, shape decides.
+_HUE_SECTORS = 6
+
+
+def _object_colour(rng: np.random.Generator, cls: int) -> np.ndarray:
+    """A saturated colour for class ``cls`` (1..C) from one of its two shared hue sectors."""
+    sector = (cls - 1 + int(rng.integers(2))) % _HUE_SECTORS
+    hue = (sector + rng.uniform()) * 180.0 / _HUE_SECTORS          # OpenCV hue: 0..180
+    hsv = np.array([[[hue, rng.uniform(150, 255), rng.uniform(120, 255)]]], np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
 def _texture_stripes(rng, h, w, c1, c2) -> np.ndarray:
@@ -327,9 +337,8 @@ def _paint_object(rng: np.random.Generator, img: np.ndarray, obj: _Object) -> No
     h, w = img.shape[:2]
     img_sl, patch_sl = obj.clip(h, w)
     region = img[img_sl]
-    hard = obj.patch[patch_sl] > 0
-    c1 = _pick_colour(rng, region[hard].mean(axis=0)).astype(np.float32)
-    c2 = np.clip(c1 + rng.normal(0, 60, 3), 0, 255).astype(np.float32)
+    c1 = _object_colour(rng, obj.cls)
+    c2 = np.clip(c1 + rng.normal(0, 30, 3), 0, 255).astype(np.float32)
     tex = _TEXTURES[int(rng.integers(len(_TEXTURES)))](rng, region.shape[0], region.shape[1], c1, c2)
     # soft alpha from the hard mask: the image edge is anti-aliased, the label mask stays hard
     alpha = cv2.GaussianBlur(obj.patch.astype(np.float32), (0, 0), rng.uniform(0.5, 0.9))[patch_sl][..., None]

@@ -77,4 +77,6 @@ class SWTformerV1(nn.Module):
 def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.version == "v1":
         return SWTformerV1(cfg)
-    raise ValueError(f"model.version: '{cfg.version}' is not implemented (use v1)")
+    from ..config import ParamsError
+
+    raise ParamsError(f"model.version: '{cfg.version}' is not implemented yet (use v1)")
