@@ -77,7 +77,8 @@ def test_repro_produces_scored_seeds(tiny_run: Path):
     assert {"torch", "timm", "dvc", "wsss"} <= set(run_info["versions"])
     shown = run(["dvc", "metrics", "show"], tiny_run).stdout
     assert "seed.miou" in shown and "cls.map_per_image" in shown
-    assert "train/loss_cls" in (tiny_run / "dvclive/train/metrics.json").read_text()
+    live = json.loads((tiny_run / "dvclive/train/metrics.json").read_text())
+    assert live["train"]["loss_cls"] > 0 and 0 < live["epoch"]["val_map_per_image"] <= 1
 
 
 @pytest.mark.slow
