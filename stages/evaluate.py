@@ -1,4 +1,9 @@
-"""Stage `evaluate`: seed mIoU (background-threshold sweep) on data.seed_split, mAP on data.cls_split."""
+"""Stage `evaluate`: seed mIoU on data.seed_split, mAP on data.cls_split.
+
+CAMs are scored by the background-threshold sweep; V2's R-CAMs by the argmax over their C+1
+channels (and the sweep over their foreground channels, for information). ``seed.miou`` leads
+with the map ``models/model.json`` names as the seeds: the R-CAM for V2, the CAM for V1.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -15,15 +20,16 @@ def main() -> None:
     manifest = artifacts.load_manifest()
     root = data_root(p)
     classes = manifest["classes"]
-    names = ["background", *classes]
-    sweep = metrics.ThresholdSweep(len(names), thresholds(p))
+    lead = io.read_json(artifacts.MODEL_INFO).get("seed_map", "cam")
+    scorer = metrics.SeedScorer(classes, thresholds(p))
     split = p.data.seed_split
     for image_id in tqdm(manifest["splits"][split], desc=f"score {split}", unit="img"):
         gt = voc.read_mask(voc.mask_path(root, image_id))
-        maps = artifacts.load_cams(artifacts.cam_path(split, image_id), expect_shape=gt.shape)
-        sweep.update(maps["cam"], maps["keys"], gt)
-    curve = [(t, metrics.scores(conf, names)) for t, conf in sweep.results()]
-    best_t, best = max(curve, key=lambda tc: tc[1]["miou"])
+        scorer.update(artifacts.load_cams(artifacts.cam_path(split, image_id), expect_shape=gt.shape), gt)
+    seeds = scorer.summary()
+    if lead not in seeds:
+        raise io.ArtifactError(f"{artifacts.cam_path(split, '*')}: no '{lead}' maps, which "
+                               f"{artifacts.MODEL_INFO} names as the seeds (re-run cams)")
 
     val = io.load_npz(artifacts.VAL_SCORES)
     val_ids = [str(i) for i in val["ids"]]
@@ -32,22 +38,30 @@ def main() -> None:
     y = np.stack([np.isin(np.arange(1, len(classes) + 1), manifest["labels"][i]) for i in val_ids])
     cls = metrics.mean_ap(val["scores"], y)
 
-    io.write_json(artifacts.METRICS / "evaluate.json", {
-        "seed": {"miou": best["miou"], "threshold": best_t, "pixel_accuracy": best["pixel_accuracy"]},
-        "cls": {"map_per_image": cls["map_per_image"], "map_per_class": cls["map_per_class"]},
-    })
+    cam = seeds["cam"]
+    report = {"seed": {"miou": seeds[lead]["miou"], "map": lead},
+              "cam": {"miou": cam["miou"], "threshold": cam["threshold"], "pixel_accuracy": cam["pixel_accuracy"]}}
+    if "rcam" in seeds:
+        report["rcam"] = {"miou": seeds["rcam"]["miou"], "pixel_accuracy": seeds["rcam"]["pixel_accuracy"],
+                          "fg_sweep_miou": seeds["rcam_fg"]["miou"], "fg_sweep_threshold": seeds["rcam_fg"]["threshold"]}
+    report["cls"] = {"map_per_image": cls["map_per_image"], "map_per_class": cls["map_per_class"]}
+    io.write_json(artifacts.METRICS / "evaluate.json", report)
     io.write_json(artifacts.METRICS / "per_class.json", {
-        "seed_threshold": best_t,
-        "seed": best["per_class"],
+        "seed_map": lead, "cam_threshold": cam["threshold"],
+        **{kind: seeds[kind]["per_class"] for kind in ("cam", "rcam") if kind in seeds},
         "ap": dict(zip(classes, cls["ap_per_class"])),
     })
-    io.write_json(artifacts.METRICS / "run.json", {"versions": runtime.versions(), "split": split, "seed_map": "cam",
+    io.write_json(artifacts.METRICS / "run.json", {"versions": runtime.versions(), "split": split, "seed_map": lead,
                                                    "images": len(manifest["splits"][split])})
-    io.write_text(artifacts.PLOTS / "seed_sweep.csv",
-                  "threshold,miou\n" + "".join(f"{t:.4f},{s['miou']:.6f}\n" for t, s in curve))
+    curves = [k for k in ("cam", "rcam_fg") if k in seeds]
+    rows = zip(*[seeds[k]["curve"] for k in curves])
+    io.write_text(artifacts.PLOTS / "seed_sweep.csv", "threshold," + ",".join(curves) + "\n" + "".join(
+        f"{row[0][0]:.4f}," + ",".join(f"{m:.6f}" for _, m in row) + "\n" for row in rows))
     io.write_text(artifacts.PLOTS / "seed_per_class.csv", "class,iou,precision,recall\n" + "".join(
-        f"{n},{_f(v['iou'])},{_f(v['precision'])},{_f(v['recall'])}\n" for n, v in best["per_class"].items()))
-    print(f"evaluate: seed mIoU {100 * best['miou']:.2f} at threshold {best_t:.2f}; "
+        f"{n},{_f(v['iou'])},{_f(v['precision'])},{_f(v['recall'])}\n" for n, v in seeds[lead]["per_class"].items()))
+    extra = f" (CAM {100 * cam['miou']:.2f} at threshold {cam['threshold']:.2f})" if lead != "cam" else \
+        f" at threshold {cam['threshold']:.2f}"
+    print(f"evaluate: seed mIoU ({lead}) {100 * seeds[lead]['miou']:.2f}{extra}; "
           f"mAP per image {100 * cls['map_per_image']:.2f}, per class {100 * cls['map_per_class']:.2f}")
 
 

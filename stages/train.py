@@ -8,6 +8,7 @@ from wsss import artifacts, io, runtime
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
+from wsss.losses import LossWeights
 from wsss.models import ModelConfig, build_model
 from wsss.models.swin import load_pretrained
 from wsss.training import TrainConfig, fit, predict_scores
@@ -23,7 +24,9 @@ def main() -> None:
     device = runtime.device()
     cfg = ModelConfig(version=p.model.version, backbone=p.model.backbone, num_classes=len(classes),
                       img_size=t.crop_size, head_kernel=p.model.head_kernel,
-                      drop_path_rate=p.model.drop_path_rate, class_names=classes)
+                      drop_path_rate=p.model.drop_path_rate, class_names=classes,
+                      hff_dims=p.model.hff_dims, hff_detach=p.model.hff_detach, affinity=p.model.affinity,
+                      bg_weight=p.model.bg_weight)
     model = build_model(cfg)
     weights_info = load_pretrained(model.backbone, p.model.backbone, p.model.pretrained)
     train_set = TrainCrops(root, manifest["splits"][p.data.train_split], labels, len(classes), t.crop_size,
@@ -32,7 +35,8 @@ def main() -> None:
     val_set = WholeImages(root, val_ids, labels, len(classes), t.cls_size)
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_mult=t.head_lr_mult,
                      weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, min_lr_ratio=t.min_lr_ratio,
-                     num_workers=t.num_workers, amp=t.amp, seed=p.seed)
+                     num_workers=t.num_workers, amp=t.amp, seed=p.seed,
+                     loss=LossWeights(w_gsc=p.loss.w_gsc, w_ccl=p.loss.w_ccl, ccl=p.loss.ccl))
     print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
           f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
     with Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False) as live:
@@ -40,7 +44,9 @@ def main() -> None:
     scores, _ = predict_scores(model, val_set, device, t.batch_size, t.num_workers, t.amp)
     io.save_weights(artifacts.WEIGHTS, model.state_dict(), metadata={"version": cfg.version})
     io.save_npz(artifacts.VAL_SCORES, scores=scores.astype(np.float32), ids=np.array(val_ids))
-    io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "summary": summary,
+    # V2's seeds are its R-CAMs, unless neither GSC nor CCL trained the fusion branch (Table 3, row 1)
+    seed_map = "rcam" if cfg.version == "v2" and (p.loss.w_gsc > 0 or p.loss.w_ccl > 0) else "cam"
+    io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "seed_map": seed_map, "summary": summary,
                                          "pretrained": {"source": p.model.pretrained, **weights_info},
                                          "params": to_dict(p), "versions": runtime.versions()})
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -64,11 +65,12 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_repro_produces_scored_seeds(tiny_run: Path):
     m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
-    assert 0.0 < m["seed"]["miou"] <= 1.0
-    assert 0.0 <= m["seed"]["threshold"] <= 0.95
+    assert 0.0 < m["seed"]["miou"] <= 1.0 and m["seed"]["map"] == "cam" and "rcam" not in m
+    assert m["cam"]["miou"] == m["seed"]["miou"]
+    assert 0.0 <= m["cam"]["threshold"] <= 0.95
     assert 0.0 < m["cls"]["map_per_image"] <= 1.0
     sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
-    assert sweep[0] == "threshold,miou" and len(sweep) == 21
+    assert sweep[0] == "threshold,cam" and len(sweep) == 21
     assert max(float(r.split(",")[1]) for r in sweep[1:]) == pytest.approx(m["seed"]["miou"], abs=1e-6)
     ids = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
     assert sorted(p.stem for p in (tiny_run / "cams/train").glob("*.npz")) == sorted(ids)
@@ -111,6 +113,26 @@ def test_external_root_relative_and_absolute(tiny_run: Path, tmp_path: Path):
     demo = json.loads((tiny_run / "data/prepared/manifest.json").read_text())
     assert manifests[0]["fingerprint"] == demo["fingerprint"]
     assert not (work / "data/prepared/VOC2012").exists()
+
+
+@pytest.mark.slow
+def test_v2_experiment_scores_rcam(tiny_run: Path):
+    """`dvc exp run -S model.version=v2` on the V1 workspace: V2 trains, stores CAM + R-CAM, and
+    evaluate leads with the R-CAM (argmax over C+1), the CAM sweep reported beside it."""
+    v1 = json.loads((tiny_run / "metrics/evaluate.json").read_text())
+    run(["dvc", "exp", "run", "-S", "model.version=v2", "-n", "tiny-v2"], tiny_run)
+    m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
+    assert m["seed"]["map"] == "rcam" and m["seed"]["miou"] == m["rcam"]["miou"]
+    assert 0.0 < m["rcam"]["miou"] <= 1.0 and 0.0 < m["cam"]["miou"] <= 1.0
+    assert m["cam"]["miou"] != v1["cam"]["miou"]  # a different model was trained
+    sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
+    assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21
+    maps = np.load(next((tiny_run / "cams/train").glob("*.npz")), allow_pickle=False)
+    assert maps["rcam"].shape == (len(maps["keys"]) + 1, *maps["cam"].shape[1:])
+    live = json.loads((tiny_run / "dvclive/train/metrics.json").read_text())
+    assert {"loss_cls", "loss_gsc", "loss_ccl", "loss_total"} <= set(live["train"])
+    shown = run(["dvc", "exp", "show", "--csv"], tiny_run).stdout
+    assert "tiny-v2" in shown and "rcam.miou" in shown
 
 
 @pytest.mark.parametrize("override, culprit", [

@@ -7,7 +7,8 @@ Layout (relative to the project directory)::
     models/model.safetensors           trained weights
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
-    cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16
+    cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16 and, for V2,
+                                       rcam (k+1, H, W) float16 (channel 0 = background)
     previews/<id>.png                  CAM-over-image mosaics
 """
 from __future__ import annotations
@@ -54,6 +55,9 @@ def load_cams(path: Path, expect_shape: tuple[int, int] | None = None) -> dict[s
     out = {k: (v.astype(np.float32) if k != "keys" else v.astype(np.int64)) for k, v in arrays.items()}
     if out["cam"].shape[0] != len(out["keys"]):
         raise io.ArtifactError(f"{path}: {out['cam'].shape[0]} CAM channels for {len(out['keys'])} keys")
+    if "rcam" in out and out["rcam"].shape != (len(out["keys"]) + 1, *out["cam"].shape[1:]):
+        raise io.ArtifactError(f"{path}: R-CAM is {out['rcam'].shape}, expected background + "
+                               f"{len(out['keys'])} classes at {out['cam'].shape[1:]}")
     if expect_shape is not None and out["cam"].shape[1:] != tuple(expect_shape):
         raise io.ArtifactError(f"{path}: maps are {out['cam'].shape[1:]}, image is {tuple(expect_shape)}")
     return out

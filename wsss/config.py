@@ -72,6 +72,12 @@ def _splits(v) -> str | None:
     return None
 
 
+def _dims(v) -> str | None:
+    if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        return "must be a list of four positive integers"
+    return None
+
+
 def _pretrained(v) -> str | None:
     return None if v.strip() else "must be 'none', 'timm' or a checkpoint path"
 
@@ -102,6 +108,15 @@ SCHEMA: dict[str, Any] = {
         "pretrained": Field(STR, _pretrained, "none | timm | path to a checkpoint"),
         "drop_path_rate": Field(FLOAT, _fraction),
         "head_kernel": Field(INT, lambda v: None if v in (1, 3) else "must be 1 or 3"),
+        "hff_dims": Field(LIST, _dims, "V2: channels of the four HFF projections (SIPE: 128 128 256 256)"),
+        "hff_detach": Field(BOOL, None, "V2: HFF branches see detached backbone features (SIPE: true)"),
+        "affinity": Field(STR, _choice("abs", "relu"), "V2: token affinity |cos| (paper) or ReLU(cos) (SIPE)"),
+        "bg_weight": Field(FLOAT, _fraction, "V2: background structural match down-weighting (SIPE: 0.5)"),
+    },
+    "loss": {
+        "w_gsc": Field(FLOAT, _non_negative, "V2: weight of L_GSC (0 = off)"),
+        "w_ccl": Field(FLOAT, _non_negative, "V2: weight of L_CCL (0 = off)"),
+        "ccl": Field(STR, _choice("paper", "contrastive"), "V2: Eq. 6 as printed, or class-wise contrastive"),
     },
     "train": {
         "epochs": Field(INT, _positive),

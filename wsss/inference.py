@@ -1,9 +1,10 @@
-"""Seed inference: multi-scale + flip CAMs for one image (SPEC "Seed inference").
+"""Seed inference: multi-scale + flip CAMs (and V2's R-CAMs) for one image (SPEC "Seed inference").
 
 At each scale the image is resized, padded (zeros after normalisation, as the training crops
 are) to the model's ``pad_multiple`` so the Swin window layout matches training, run with its
-horizontal flip as a batch of two, and the ReLU'd class maps of the valid region are resized to
-the image size and summed. The sum is max-normalised per present class.
+horizontal flip as a batch of two (with the image's labels, which V2's seeds need), and the
+ReLU'd class maps of the valid region are resized to the image size and summed. The sum is
+max-normalised per channel. V2's R-CAMs (background + present classes) are aggregated the same way.
 """
 from __future__ import annotations
 
@@ -21,16 +22,31 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
 
 
+def _to_image(maps: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int], size: tuple[int, int],
+              flip: bool) -> torch.Tensor:
+    """Maps (n, K, h', w') of a padded (pair of) input(s) -> (K, H, W): upsampled to the padded
+    input, cropped to the valid region, the flipped copy flipped back and added, resized to the image."""
+    maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)[..., :valid[0], :valid[1]]
+    if flip:
+        maps = maps[0:1] + maps[1:2].flip(-1)
+    return F.interpolate(maps[0:1], size=size, mode="bilinear", align_corners=False)[0]
+
+
 @torch.no_grad()
 def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[int], scales: Sequence[float],
                     flip: bool, device: torch.device, amp: bool = False) -> dict[str, np.ndarray]:
-    """CAMs of one RGB uint8 image (H, W, 3) for the present classes ``keys`` (1..C).
+    """Seed maps of one RGB uint8 image (H, W, 3) for its present classes ``keys`` (1..C).
 
-    Returns ``{"cam": (k, H, W) float32 in [0, 1]}``, channel i for class ``keys[i]``.
+    Returns ``{"cam": (k, H, W)}``, channel i for class ``keys[i]``, and for a V2 model also
+    ``{"rcam": (k + 1, H, W)}``, channel 0 the background and channel i + 1 class ``keys[i]``;
+    float32 in [0, 1], each channel max-normalised after summing over scales and flips.
     """
     h, w = image.shape[:2]
-    idx = torch.as_tensor([k - 1 for k in keys], dtype=torch.long)
-    total = torch.zeros((len(keys), h, w), dtype=torch.float32)
+    fg = torch.as_tensor([k - 1 for k in keys], dtype=torch.long, device=device)
+    with_bg = torch.cat([torch.zeros(1, dtype=torch.long, device=device), fg + 1])
+    labels = torch.zeros((1, model.cfg.num_classes), device=device)
+    labels[0, fg] = 1.0
+    totals: dict[str, torch.Tensor] = {}
     use_amp = amp and device.type == "cuda"
     for s in scales:
         sh, sw = max(1, round(h * s)), max(1, round(w * s))
@@ -39,12 +55,12 @@ def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[in
             x = torch.cat([x, x.flip(-1)])
         x = _pad_to(x, model.pad_multiple).to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            out = model(x)
-        cam = F.relu(out["cam_raw"].float())[:, idx.to(device)]  # (n, k, h', w')
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :sh, :sw]
-        if flip:
-            cam = cam[0:1] + cam[1:2].flip(-1)
-        cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)[0]
-        total += cam.cpu()
-    total /= total.flatten(1).amax(dim=1).clamp_min(0)[:, None, None] + 1e-5
-    return {"cam": total.numpy()}
+            out = model(x, labels.expand(x.shape[0], -1))
+        per_scale = {"cam": F.relu(out["cam_raw"].float())[:, fg]}
+        if "rcam_raw" in out:
+            per_scale["rcam"] = out["rcam_raw"].float()[:, with_bg]
+        for name, m in per_scale.items():
+            m = _to_image(m, tuple(x.shape[-2:]), (sh, sw), (h, w), flip).cpu()
+            totals[name] = totals[name] + m if name in totals else m
+    return {name: (t / (t.flatten(1).amax(dim=1).clamp_min(0)[:, None, None] + 1e-5)).numpy()
+            for name, t in totals.items()}

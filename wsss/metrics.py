@@ -103,6 +103,47 @@ class ThresholdSweep:
         return list(zip(self.thresholds.tolist(), self.confusions()))
 
 
+class SeedScorer:
+    """Scores of a split's seed maps, image by image (SPEC "Scoring").
+
+    ``cam`` (foreground channels) is scored by the background-threshold sweep. ``rcam`` (V2:
+    background channel first) is scored by the argmax over its C+1 channels, as SIPE does, and,
+    as extra information, by the sweep over its foreground channels (``rcam_fg``).
+    """
+
+    def __init__(self, class_names: Sequence[str], thresholds: Sequence[float]):
+        self.names = ["background", *class_names]
+        self.thresholds = list(thresholds)
+        self.sweeps: dict[str, ThresholdSweep] = {}
+        self.argmax: dict[str, np.ndarray] = {}
+
+    def _sweep(self, kind: str) -> ThresholdSweep:
+        if kind not in self.sweeps:
+            self.sweeps[kind] = ThresholdSweep(len(self.names), self.thresholds)
+        return self.sweeps[kind]
+
+    def update(self, maps: dict[str, np.ndarray], gt: np.ndarray) -> None:
+        """maps: ``keys`` (k,), ``cam`` (k, H, W) and optionally ``rcam`` (k+1, H, W); gt (H, W)."""
+        keys = [int(k) for k in maps["keys"]]
+        self._sweep("cam").update(maps["cam"], keys, gt)
+        if "rcam" in maps:
+            self._sweep("rcam_fg").update(maps["rcam"][1:], keys, gt)
+            conf = confusion(argmax_labels(maps["rcam"], [0, *keys]), gt, len(self.names))
+            self.argmax["rcam"] = self.argmax.get("rcam", 0) + conf
+
+    def summary(self) -> dict[str, dict]:
+        """Per map kind: ``miou``, ``pixel_accuracy``, ``per_class``; sweeps also ``threshold`` (the
+        best) and ``curve`` [(threshold, miou), ...]."""
+        out: dict[str, dict] = {}
+        for kind, sweep in self.sweeps.items():
+            curve = [(t, scores(conf, self.names)) for t, conf in sweep.results()]
+            best_t, best = max(curve, key=lambda tc: tc[1]["miou"])
+            out[kind] = {**best, "threshold": best_t, "curve": [(t, s["miou"]) for t, s in curve]}
+        for kind, conf in self.argmax.items():
+            out[kind] = scores(conf, self.names)
+        return out
+
+
 def argmax_labels(scores_: np.ndarray, keys: Sequence[int]) -> np.ndarray:
     """Label map from (k, H, W) scores whose channels are the classes ``keys`` (0 may be one)."""
     keys = np.asarray(keys, dtype=np.uint8)

@@ -34,6 +34,7 @@ class TrainConfig:
     num_workers: int
     amp: bool
     seed: int
+    loss: losses.LossWeights = losses.LossWeights()
 
 
 class EpochShuffle(Sampler[int]):
@@ -133,8 +134,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
         for x, y, _ in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(x)
-            terms = losses.total_loss(out, y)
+                out = model(x, y)
+            terms = losses.total_loss(out, y, cfg.loss)
             loss = terms["total"]
             if not torch.isfinite(loss):
                 raise TrainingError(

@@ -25,14 +25,16 @@ def _caption(tile: np.ndarray, text: str) -> np.ndarray:
 def cam_panel(image: np.ndarray, maps: dict[str, np.ndarray], keys: Sequence[int], class_names: Sequence[str],
               gt: np.ndarray | None = None) -> np.ndarray:
     """One row per map kind (e.g. CAM, R-CAM): the image (or ground truth), then one heat map per
-    present class, captioned. Returns an RGB uint8 mosaic."""
+    present class (and the background first, for maps that have it), captioned. RGB uint8 mosaic."""
     pal = voc_palette()
     rows = []
     for kind, m in maps.items():
         first = _caption(image, "image") if not rows else (
             _caption(pal[gt], "ground truth") if gt is not None else np.zeros_like(image))
-        tiles = [first] + [_caption(heat_overlay(image, m[i]), f"{kind}: {class_names[k - 1]}")
-                           for i, k in enumerate(keys)]
+        names = [class_names[k - 1] for k in keys]
+        if m.shape[0] == len(keys) + 1:  # a map with its own background channel first (R-CAM)
+            names = ["background", *names]
+        tiles = [first] + [_caption(heat_overlay(image, m[i]), f"{kind}: {n}") for i, n in enumerate(names)]
         rows.append(np.concatenate(tiles, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]

@@ -3,6 +3,12 @@
 V1 (paper Eq. 1-2): the last stage's tokens ``T_out`` (B, D, h, w) go through a conv head to
 ``F_out`` (B, C, h, w); class scores are ``GAP(F_out)`` (B, C); the CAM is
 ``ReLU(F_out)`` divided by its spatial max per class.
+
+V2 (paper section 3-4, 3-5) adds, given the image labels: the hierarchical fused feature
+``F_hie`` (B, D', H/16, W/16) of all four stages (:mod:`.hff`); the (C+1) map ``M`` with a
+background channel; one-hot seeds from the structural match of ``T_out``'s token affinity with
+``M``; per-class prototypes over the seed regions of ``F_hie``; and the R-CAM
+``ReLU(cos(F_hie, P_k))`` (:mod:`.seeds`).
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import swin
+from .hff import HierarchicalFeatureFusion
+from .seeds import class_prototypes, reactivate, structural_seeds, with_background
 
 
 @dataclass
@@ -26,6 +34,11 @@ class ModelConfig:
     head_kernel: int = 3
     drop_path_rate: float = 0.0
     class_names: list[str] = field(default_factory=list)
+    # V2 only
+    hff_dims: list[int] = field(default_factory=lambda: [128, 128, 256, 256])
+    hff_detach: bool = True
+    affinity: str = "abs"
+    bg_weight: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,8 +75,8 @@ class SWTformerV1(nn.Module):
         t_out, stages = self.backbone.forward_intermediates(x, norm=False)
         return t_out.permute(0, 3, 1, 2).contiguous(), stages
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (B, 3, H, W) -> {"logits": (B, C), "cam_raw": F_out (B, C, H/32, W/32)}."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 3, H, W) -> {"logits": (B, C), "cam_raw": F_out (B, C, H/32, W/32)} (labels unused)."""
         t_out, _ = self.features(x)
         f_out = self.head(t_out)
         return {"logits": f_out.mean(dim=(2, 3)), "cam_raw": f_out}
@@ -74,9 +87,54 @@ class SWTformerV1(nn.Module):
         return max_norm(F.relu(out["cam_raw"]))
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.version == "v1":
-        return SWTformerV1(cfg)
-    from ..config import ParamsError
+class SWTformerV2(SWTformerV1):
+    """V1 + hierarchical feature fusion + background-aware seeds, prototypes and R-CAM."""
 
-    raise ParamsError(f"model.version: '{cfg.version}' is not implemented yet (use v1)")
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        in_dims = [info["num_chs"] for info in self.backbone.feature_info]
+        self.hff = HierarchicalFeatureFusion(in_dims, cfg.hff_dims, detach=cfg.hff_detach)
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        return [*self.head.parameters(), *self.hff.parameters()]
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 3, H, W), labels (B, C) multi-hot or None.
+
+        Without labels, as V1 (classification only). With labels, also, for h2, w2 = H/16, W/16:
+
+        - ``"cam_bg"`` (B, C+1, h2, w2): ``M`` (background + present classes, max-normed CAMs)
+          bilinearly resized to the ``F_hie`` grid;
+        - ``"rcam_raw"`` (B, C+1, h2, w2): ``ReLU(cos(F_hie, P_k))`` in [0, 1], not max-normed;
+        - ``"seeds"`` (B, C+1, H/32, W/32): the one-hot seeds on the token grid.
+        """
+        t_out, stages = self.features(x)
+        f_out = self.head(t_out)
+        out = {"logits": f_out.mean(dim=(2, 3)), "cam_raw": f_out}
+        if labels is None:
+            return out
+        m = with_background(max_norm(F.relu(f_out.float())), labels)
+        seeds = structural_seeds(t_out, m, labels, self.cfg.affinity, self.cfg.bg_weight)
+        f_hie = self.hff(stages).float()
+        grid = f_hie.shape[-2:]
+        prototypes = class_prototypes(F.interpolate(seeds, size=grid, mode="nearest"), f_hie)
+        out["rcam_raw"] = reactivate(prototypes, f_hie)
+        out["cam_bg"] = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        out["seeds"] = seeds
+        return out
+
+    @staticmethod
+    def rcam(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """R-CAM = Norm(ReLU(cos(F_hie, P_k))), (B, C+1, h2, w2) in [0, 1)."""
+        return max_norm(out["rcam_raw"])
+
+
+MODELS = {"v1": SWTformerV1, "v2": SWTformerV2}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.version not in MODELS:
+        from ..config import ParamsError
+
+        raise ParamsError(f"model.version: '{cfg.version}' is not one of {', '.join(MODELS)}")
+    return MODELS[cfg.version](cfg)

@@ -1,0 +1,119 @@
+"""The paper's Tables 1-3, reproduced as DVC experiments (on the demo set by default).
+
+Queues one ``dvc exp run`` per row (``--queue``, each with its ``-S`` overrides on top of
+``params.yaml``), runs the queue (``dvc queue start``, one worker: CPU runs would only compete),
+waits for it, then reads every experiment's metrics with ``dvc exp show --json`` and prints the
+tables in Markdown. Run from the project directory, on a committed workspace:
+
+    python experiments/paper_tables.py              # queue, run, print
+    python experiments/paper_tables.py --report     # only print, from experiments already run
+    python experiments/paper_tables.py --dry-run    # print the dvc commands
+
+Experiment names are ``tab-<row>``; re-running queues them again (``dvc exp remove`` first, or
+``--report`` to read the ones that exist).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+#: row name -> (description, -S overrides)
+ROWS = {
+    "v1": ("SWTformer-V1", ["model.version=v1"]),
+    "v2-cls": ("V2, CLS only", ["model.version=v2", "loss.w_gsc=0", "loss.w_ccl=0"]),
+    "v2-gsc": ("V2, CLS + GSC", ["model.version=v2", "loss.w_gsc=1", "loss.w_ccl=0"]),
+    "v2-paper": ("V2, CLS + GSC + CCL (Eq. 6 as printed)",
+                 ["model.version=v2", "loss.w_gsc=1", "loss.w_ccl=1", "loss.ccl=paper"]),
+    "v2-contrastive": ("V2, CLS + GSC + CCL (contrastive)",
+                       ["model.version=v2", "loss.w_gsc=1", "loss.w_ccl=1", "loss.ccl=contrastive"]),
+}
+
+
+def dvc(*args: str, dry: bool = False) -> str:
+    cmd = ["dvc", *args]
+    print("$ " + " ".join(cmd), file=sys.stderr)
+    if dry:
+        return ""
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def queue(rows: list[str], extra: list[str], dry: bool) -> None:
+    for row in rows:
+        sets = [a for s in [*ROWS[row][1], *extra] for a in ("-S", s)]
+        dvc("exp", "run", "--queue", "-n", f"tab-{row}", *sets, dry=dry)
+    dvc("queue", "start", "--jobs", "1", dry=dry)
+    if dry:
+        return
+    while True:
+        status = dvc("queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(30)
+    if "Failed" in status:
+        print(status, file=sys.stderr)
+
+
+def collect() -> dict[str, dict]:
+    """Experiment name -> flat metrics of metrics/evaluate.json."""
+    data = json.loads(dvc("exp", "show", "--json", "--no-fetch"))
+    found = {}
+    for commit in data:
+        for exp in [commit, *[e for e in commit.get("experiments") or [] for e in [e]]]:
+            for rev in exp.get("revs", [exp]):
+                name = rev.get("name")
+                metrics = (rev.get("data") or {}).get("metrics") or {}
+                values = (metrics.get("metrics/evaluate.json") or {}).get("data")
+                if name and name.startswith("tab-") and values:
+                    found[name[4:]] = values
+    return found
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def tables(found: dict[str, dict]) -> str:
+    def get(row, *path):
+        v = found.get(row)
+        for p in path:
+            v = None if v is None else v.get(p)
+        return v
+
+    out = ["Table 1 analogue: classification mAP on the val split (%)", "",
+           "| model | mAP per image | mAP per class |", "|---|---|---|"]
+    for row in ("v1", "v2-paper"):
+        out.append(f"| {ROWS[row][0]} | {_pct(get(row, 'cls', 'map_per_image'))} | "
+                   f"{_pct(get(row, 'cls', 'map_per_class'))} |")
+    out += ["", "Table 2 analogue: seed mIoU on the train split (%)", "",
+            "| seeds | mIoU | how scored |", "|---|---|---|",
+            f"| V1 CAM | {_pct(get('v1', 'cam', 'miou'))} | best background threshold "
+            f"{get('v1', 'cam', 'threshold')} |",
+            f"| V2 R-CAM | {_pct(get('v2-paper', 'rcam', 'miou'))} | argmax over C+1 |"]
+    out += ["", "Table 3 analogue: V2 loss ablation, seed mIoU (%)", "",
+            "| losses | seed mIoU | seeds scored | V2 CAM (sweep) | R-CAM (argmax) |", "|---|---|---|---|---|"]
+    for row in ("v2-cls", "v2-gsc", "v2-paper", "v2-contrastive"):
+        out.append(f"| {ROWS[row][0]} | {_pct(get(row, 'seed', 'miou'))} | {get(row, 'seed', 'map') or '-'} | "
+                   f"{_pct(get(row, 'cam', 'miou'))} | {_pct(get(row, 'rcam', 'miou'))} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="which experiments")
+    ap.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every row (e.g. data.root=../VOC2012)")
+    ap.add_argument("--report", action="store_true", help="do not run; print from existing experiments")
+    ap.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    args = ap.parse_args(argv)
+    if not args.report:
+        queue(args.rows, args.set, args.dry_run)
+    if not args.dry_run:
+        print(tables(collect()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

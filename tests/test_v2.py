@@ -1,0 +1,653 @@
+"""Tests of SWTformer-V2: seeds, hierarchical feature fusion, the V2 model, its losses, seed
+inference, seed scoring, seed-map artifacts and the V2 parameters."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from wsss import io
+from wsss.artifacts import load_cams, save_cams
+from wsss.config import ParamsError, validate_params
+from wsss.inference import multiscale_maps
+from wsss.losses import LossWeights, ccl_contrastive, ccl_paper, gsc_loss, total_loss
+from wsss.metrics import SeedScorer
+from wsss.models import ModelConfig, build_model
+from wsss.models.hff import HierarchicalFeatureFusion
+from wsss.models.seeds import (class_prototypes, reactivate, structural_match, structural_seeds,
+                               token_affinity, with_background)
+from wsss.models.swtformer import SWTformerV1, SWTformerV2
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+CPU = torch.device("cpu")
+DEMO_DIMS = [32, 64, 128, 256]  # swin_demo's stage channels
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def v2(num_classes=3, seed=0, **kw) -> SWTformerV2:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(version="v2", backbone="swin_demo", num_classes=num_classes,
+                                   img_size=128, hff_dims=[8, 8, 16, 16], **kw))
+
+
+def group_tokens(left: torch.Tensor, right: torch.Tensor, h=4, w=6) -> torch.Tensor:
+    """Tokens (1, D, h, w): ``left`` in the left w/2 columns, ``right`` in the others."""
+    t = torch.empty(1, left.numel(), h, w)
+    t[0, :, :, : w // 2] = left[:, None, None]
+    t[0, :, :, w // 2:] = right[:, None, None]
+    return t
+
+
+def grad_or_zero(p: torch.nn.Parameter) -> torch.Tensor:
+    return torch.zeros_like(p) if p.grad is None else p.grad
+
+
+def any_grad(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def no_grad_at_all(module: torch.nn.Module) -> bool:
+    return all(p.grad is None or (p.grad == 0).all() for p in module.parameters())
+
+
+# =============================================================================== seeds.py
+# ------------------------------------------------------------------------------- with_background
+
+def test_with_background_hand_case():
+    cam = torch.tensor([[[[0.2, 0.9]], [[0.7, 0.4]]]])  # (1, 2, 1, 2)
+    m = with_background(cam, torch.tensor([[1.0, 0.0]]))
+    assert m.shape == (1, 3, 1, 2)
+    torch.testing.assert_close(m[0, 1], cam[0, 0])                 # present class kept
+    assert (m[0, 2] == 0).all()                                     # absent class zeroed
+    torch.testing.assert_close(m[0, 0], torch.tensor([[0.8, 0.1]]))  # 1 - max(present) = 1 - class 1
+
+
+def test_with_background_two_present_and_none_present():
+    cam = torch.tensor([[[[0.2, 0.9]], [[0.7, 0.4]]]])
+    both = with_background(cam, torch.tensor([[1.0, 1.0]]))
+    torch.testing.assert_close(both[0, 0], torch.tensor([[0.3, 0.1]]))  # 1 - max(0.2,0.7), 1 - max(0.9,0.4)
+    none = with_background(cam, torch.tensor([[0.0, 0.0]]))
+    assert (none[0, 0] == 1).all() and (none[0, 1:] == 0).all()
+
+
+# ------------------------------------------------------------------------------- token_affinity
+
+def test_token_affinity_abs_vs_relu():
+    tokens = rand(2, 5, 3, 4, seed=1)
+    t = tokens.flatten(2)  # (B, D, N)
+    cos = F.cosine_similarity(t[:, :, :, None], t[:, :, None, :], dim=1)  # (B, N, N), a second way
+    a, r = token_affinity(tokens, "abs"), token_affinity(tokens, "relu")
+    assert a.shape == r.shape == (2, 12, 12)
+    torch.testing.assert_close(a, cos.abs(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(r, cos.clamp_min(0), atol=1e-4, rtol=0)
+    neg = cos < -1e-3
+    pos = cos >= 0
+    assert neg.any() and pos.any()
+    assert (a[neg] > r[neg]).all() and (r[neg] == 0).all()        # differ exactly where cos < 0
+    torch.testing.assert_close(a[pos], r[pos])                     # equal where cos >= 0
+    torch.testing.assert_close(a, r.abs() + F.relu(-cos), atol=1e-4, rtol=0)
+    diag = torch.diagonal(a, dim1=1, dim2=2)
+    torch.testing.assert_close(diag, torch.ones_like(diag), atol=1e-4, rtol=0)
+
+
+def test_token_affinity_bad_mode():
+    with pytest.raises(ValueError, match="cos"):
+        token_affinity(rand(1, 3, 2, 2), "cos")
+
+
+# ------------------------------------------------------------------------------- structural_match
+
+def test_structural_match_by_hand():
+    """1x2 grid; a non-symmetric S shows rows (token i) vs columns (token j) are read right."""
+    s = torch.tensor([[[1.0, 0.5], [0.25, 1.0]]])
+    maps = torch.tensor([[[[0.2, 0.8]], [[0.8, 0.2]]]])  # (1, K=2, 1, 2)
+    got = structural_match(s, maps, bg_weight=0.5)
+    # token 0: row sum 1.5; token 1: row sum 1.25; each map sums to 1.0
+    bg0 = 0.5 * (0.2 * 1 + 0.8 * 0.5) / (1.5 + 1.0 - (0.2 * 1 + 0.8 * 0.5))         # 0.5 * 0.6 / 1.9
+    bg1 = 0.5 * (0.2 * 0.25 + 0.8 * 1) / (1.25 + 1.0 - (0.2 * 0.25 + 0.8 * 1))     # 0.5 * 0.85 / 1.4
+    c0 = (0.8 * 1 + 0.2 * 0.5) / (1.5 + 1.0 - (0.8 * 1 + 0.2 * 0.5))              # 0.9 / 1.6
+    c1 = (0.8 * 0.25 + 0.2 * 1) / (1.25 + 1.0 - (0.8 * 0.25 + 0.2 * 1))           # 0.4 / 1.85
+    want = torch.tensor([[[[bg0, bg1]], [[c0, c1]]]])
+    torch.testing.assert_close(got, want)
+    assert c0 == pytest.approx(0.5625)
+    # bg_weight multiplies only row 0
+    got1 = structural_match(s, maps, bg_weight=1.0)
+    torch.testing.assert_close(got1[:, 0], 2 * got[:, 0])
+    torch.testing.assert_close(got1[:, 1], got[:, 1])
+
+
+# ------------------------------------------------------------------------------- structural_seeds
+
+E1, E2 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+
+
+def column_cam(cols_per_class, h=4, w=6) -> torch.Tensor:
+    """CAM (1, C, h, w): class c is 1 on the column cols_per_class[c] (None = nowhere)."""
+    cam = torch.zeros(1, len(cols_per_class), h, w)
+    for c, col in enumerate(cols_per_class):
+        if col is not None:
+            cam[0, c, :, col] = 1.0
+    return cam
+
+
+def assert_one_hot(seeds):
+    torch.testing.assert_close(seeds.sum(dim=1), torch.ones_like(seeds[:, 0]))
+    assert ((seeds == 0) | (seeds == 1)).all()
+
+
+@pytest.mark.parametrize("affinity", ["abs", "relu"])
+def test_seeds_two_groups_two_classes(affinity):
+    """Orthogonal groups, each class touches one column of its group: seeds fill the group.
+
+    Left token: class 1 IoU = 4 / (12 + 4 - 4) = 1/3; background 0.5 * 8 / (12 + 16 - 8) = 0.2."""
+    tokens = group_tokens(E1, E2)
+    labels = torch.tensor([[1.0, 1.0]])
+    m = with_background(column_cam([0, 5]), labels)
+    seeds = structural_seeds(tokens, m, labels, affinity)
+    assert seeds.shape == (1, 3, 4, 6)
+    assert_one_hot(seeds)
+    assert (seeds[0, 1, :, :3] == 1).all() and (seeds[0, 1, :, 3:] == 0).all()
+    assert (seeds[0, 2, :, 3:] == 1).all() and (seeds[0, 2, :, :3] == 0).all()
+    assert seeds[0, 0].sum() == 0
+
+
+@pytest.mark.parametrize("affinity", ["abs", "relu"])
+def test_seeds_two_groups_one_class(affinity):
+    """One class on one left column: left group -> class 1, right group -> background
+    (right token: background 0.5 * 12 / (12 + 20 - 12) = 0.3 > class 0)."""
+    tokens = group_tokens(E1, E2)
+    labels = torch.tensor([[1.0, 0.0]])
+    cam = column_cam([0, 4])            # the absent class 2 has activation in the right group
+    m = with_background(cam, labels)
+    seeds = structural_seeds(tokens, m, labels, affinity)
+    assert_one_hot(seeds)
+    assert (seeds[0, 1, :, :3] == 1).all() and seeds[0, 1].sum() == 12
+    assert (seeds[0, 0, :, 3:] == 1).all() and seeds[0, 0].sum() == 12
+    assert (seeds[0, 2] == 0).all()     # absent class
+
+
+def test_seeds_masked_by_labels_even_for_raw_maps():
+    """Maps not built by with_background: an absent class winning the match is still dropped
+    (those tokens are then left with no seed at all)."""
+    tokens = group_tokens(E1, E2)
+    labels = torch.tensor([[1.0, 0.0]])
+    raw = torch.cat([torch.zeros(1, 1, 4, 6), column_cam([0, 5])], dim=1)  # bg 0, class 2 on the right
+    seeds = structural_seeds(tokens, raw, labels, "relu")
+    assert (seeds[0, 2] == 0).all()
+    assert (seeds[0, 1, :, :3] == 1).all()
+    assert (seeds[0, :, :, 3:] == 0).all()  # the right group would be class 2: masked, nothing left
+
+
+def test_seeds_opposite_groups_abs_vs_relu():
+    """Right tokens = -e1 (cos -1 with the left). ReLU keeps the groups apart (S = 0 across), so
+    seeds are as for orthogonal groups. |cos| makes S = 1 everywhere: one structure of 24 tokens
+    whose every row is the same; then class 1's IoU is 4 / 24 = 1/6 while the background's is
+    0.5 * 20 / (24 + 20 - 20) = 5/12, so every token becomes background and the class loses its
+    seed entirely (the paper's Eq. 4 merges opposite structures)."""
+    tokens = group_tokens(E1, -E1)
+    labels = torch.tensor([[1.0, 0.0]])
+    m = with_background(column_cam([0, None]), labels)
+    s_abs, s_relu = token_affinity(tokens, "abs"), token_affinity(tokens, "relu")
+    left, right = torch.zeros(4, 6, dtype=torch.bool), torch.zeros(4, 6, dtype=torch.bool)
+    left[:, :3], right[:, 3:] = True, True
+    left, right = left.flatten(), right.flatten()
+    cross = left[:, None] & right[None, :]
+    torch.testing.assert_close(s_abs[0], torch.ones(24, 24), atol=1e-4, rtol=0)
+    assert (s_relu[0][cross] == 0).all()
+    torch.testing.assert_close(s_relu[0][left[:, None] & left[None, :]], torch.ones(144), atol=1e-4, rtol=0)
+
+    match_abs = structural_match(s_abs, m)
+    torch.testing.assert_close(match_abs[0, 1], torch.full((4, 6), 1 / 6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(match_abs[0, 0], torch.full((4, 6), 5 / 12), atol=1e-4, rtol=0)
+
+    relu_seeds = structural_seeds(tokens, m, labels, "relu")
+    abs_seeds = structural_seeds(tokens, m, labels, "abs")
+    assert (relu_seeds[0, 1, :, :3] == 1).all() and (relu_seeds[0, 0, :, 3:] == 1).all()
+    assert (abs_seeds[0, 0] == 1).all() and abs_seeds[0, 1].sum() == 0
+
+
+def test_seeds_no_gradient():
+    tokens = rand(1, 4, 3, 5, seed=2).requires_grad_()
+    maps = torch.rand(1, 3, 3, 5, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    seeds = structural_seeds(tokens, maps, torch.tensor([[1.0, 1.0]]))
+    assert not seeds.requires_grad and seeds.grad_fn is None
+    assert_one_hot(seeds)
+
+
+# ------------------------------------------------------------------------------- prototypes / R-CAM
+
+def test_class_prototypes_are_region_means():
+    feats = rand(2, 5, 3, 4, seed=4)
+    lab = torch.randint(0, 2, (2, 3, 4), generator=torch.Generator().manual_seed(5))  # classes 0, 1 only
+    seeds = F.one_hot(lab, 3).permute(0, 3, 1, 2).float()  # class 2 empty
+    protos = class_prototypes(seeds, feats)
+    assert protos.shape == (2, 3, 5)
+    for b in range(2):
+        for k in range(2):
+            mask = lab[b] == k
+            assert mask.any()
+            want = feats[b][:, mask].mean(dim=1)
+            torch.testing.assert_close(protos[b, k], want)
+        assert (protos[b, 2] == 0).all()
+
+
+def test_reactivate_is_relu_cosine():
+    feats = rand(1, 6, 3, 4, seed=6)
+    protos = rand(1, 3, 6, seed=7)
+    protos[0, 2] = 0
+    r = reactivate(protos, feats)
+    assert r.shape == (1, 3, 3, 4)
+    for k in range(2):
+        cos = F.cosine_similarity(feats[0], protos[0, k][:, None, None], dim=0)
+        torch.testing.assert_close(r[0, k], cos.clamp_min(0), atol=1e-4, rtol=0)
+    assert (r[0, 2] == 0).all()
+    assert r.min() >= 0 and r.max() <= 1
+    # a pixel equal to a prototype has R-CAM ~1 for it
+    feats[0, :, 1, 2] = protos[0, 1]
+    assert reactivate(protos, feats)[0, 1, 1, 2].item() == pytest.approx(1.0, abs=1e-4)
+
+
+# =============================================================================== hff.py
+
+def stage_maps(grids, seed=0, requires_grad=False):
+    return [rand(2, c, h, w, seed=seed + i).requires_grad_(requires_grad)
+            for i, (c, (h, w)) in enumerate(zip(DEMO_DIMS, grids))]
+
+
+GRIDS_128x192 = [(32, 48), (16, 24), (8, 12), (4, 6)]
+
+
+def hff(detach=True, seed=0):
+    torch.manual_seed(seed)
+    return HierarchicalFeatureFusion(DEMO_DIMS, [8, 8, 16, 16], detach=detach)
+
+
+def test_hff_shapes():
+    f = hff()
+    out = f(stage_maps(GRIDS_128x192))
+    assert f.out_dim == 48
+    assert out.shape == (2, 48, 8, 12)
+    odd = f(stage_maps([(14, 10), (7, 5), (4, 3), (2, 2)]))
+    assert odd.shape == (2, 48, 4, 3)
+    assert torch.isfinite(odd).all()
+
+
+def test_hff_part_norms():
+    """Output = [d12 (16 ch) | stage 3 (16 ch) | stage 4 upsampled (16 ch)]: the (1, 2) half has norm
+    sqrt(2) at every position, and so has the (3, 4) half (each part renormalised after resizing)."""
+    out = hff()(stage_maps(GRIDS_128x192)).detach()
+    n12, n3, n4 = (out[:, sl].norm(dim=1) for sl in (slice(0, 16), slice(16, 32), slice(32, 48)))
+    torch.testing.assert_close(n12, torch.full_like(n12, math.sqrt(2)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(n3, torch.ones_like(n3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(n4, torch.ones_like(n4), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_hff_detach_cuts_input_gradients(detach):
+    f = hff(detach=detach)
+    stages = stage_maps(GRIDS_128x192, requires_grad=True)
+    (f(stages) * rand(2, 48, 8, 12, seed=9)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in f.parameters())
+    if detach:
+        assert all(s.grad is None for s in stages)
+    else:
+        assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in stages)
+
+
+# =============================================================================== swtformer.py (V2)
+
+LABELS = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def v2_out():
+    model = v2().eval()
+    with torch.no_grad():
+        out = model(rand(2, 3, 128, 192, seed=11), LABELS)
+    return model, out
+
+
+def test_v2_forward_without_labels_is_v1_like():
+    model = v2().eval()
+    with torch.no_grad():
+        out = model(rand(1, 3, 128, 128, seed=10))
+    assert set(out) == {"logits", "cam_raw"}
+    assert out["cam_raw"].shape == (1, 3, 4, 4)
+
+
+def test_v2_forward_with_labels(v2_out):
+    model, out = v2_out
+    assert set(out) == {"logits", "cam_raw", "rcam_raw", "cam_bg", "seeds"}
+    assert out["cam_raw"].shape == (2, 3, 4, 6)
+    assert out["rcam_raw"].shape == out["cam_bg"].shape == (2, 4, 8, 12)
+    assert out["seeds"].shape == (2, 4, 4, 6)
+    present = torch.cat([torch.ones(2, 1), LABELS], dim=1).bool()
+    cam_bg, rcam_raw, seeds = out["cam_bg"], out["rcam_raw"], out["seeds"]
+    assert (cam_bg[~present] == 0).all()
+    assert (seeds[~present] == 0).all()
+    assert_one_hot(seeds)
+    assert rcam_raw.min() >= 0 and rcam_raw.max() <= 1 + 1e-6
+    assert (rcam_raw[~present] == 0).all()  # empty seed region -> zero prototype
+    peaks = model.rcam(out).flatten(2).amax(dim=2)
+    area = seeds.flatten(2).sum(dim=2)
+    for b in range(2):
+        for k in range(4):
+            if present[b, k] and area[b, k] > 0:
+                assert peaks[b, k].item() == pytest.approx(1.0, abs=1e-3)
+            else:
+                assert peaks[b, k].item() == 0
+    assert (present & (area > 0)).sum() >= 2  # at least the cases checked are not all vacuous
+
+
+def test_v2_gradients_with_zero_weights():
+    model = v2().train()
+    out = model(rand(2, 3, 128, 128, seed=12), LABELS)
+    terms = total_loss(out, LABELS, LossWeights(w_gsc=0.0, w_ccl=0.0))
+    terms["total"].backward()
+    assert no_grad_at_all(model.hff)
+    assert any_grad(model.head) and any_grad(model.backbone)
+
+
+def test_v2_gsc_term_reaches_hff_and_head():
+    model = v2(hff_detach=True).train()
+    out = model(rand(2, 3, 128, 128, seed=13), LABELS)
+    terms = total_loss(out, LABELS, LossWeights(w_gsc=1.0, w_ccl=0.0))
+    assert terms["gsc"].requires_grad and not terms["ccl"].requires_grad
+    terms["gsc"].backward()
+    assert any_grad(model.hff) and any_grad(model.head)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_v2_rcam_only_loss_and_backbone(detach):
+    model = v2(hff_detach=detach).train()
+    out = model(rand(2, 3, 128, 128, seed=14), LABELS)
+    out["rcam_raw"].sum().backward()
+    assert any_grad(model.hff)
+    assert no_grad_at_all(model.head)  # seeds carry no gradient back to the head
+    if detach:
+        assert no_grad_at_all(model.backbone)
+    else:
+        assert any_grad(model.backbone)
+
+
+def test_v2_new_parameters():
+    model = v2()
+    new = {id(p) for p in model.new_parameters()}
+    assert {id(p) for p in model.head.parameters()} <= new
+    assert {id(p) for p in model.hff.parameters()} <= new
+    assert len(new) == len(list(model.head.parameters())) + len(list(model.hff.parameters()))
+    assert not new & {id(p) for p in model.backbone.parameters()}
+
+
+def test_v2_state_dict_round_trip(tmp_path):
+    a, b = v2(seed=0).eval(), v2(seed=1).eval()
+    x = rand(1, 3, 128, 128, seed=15)
+    lab = LABELS[:1]
+    with torch.no_grad():
+        before_a, before_b = a(x, lab), b(x, lab)
+    assert not torch.equal(before_a["rcam_raw"], before_b["rcam_raw"])
+    io.save_weights(tmp_path / "w.safetensors", a.state_dict())
+    b.load_state_dict(io.load_weights(tmp_path / "w.safetensors"))
+    with torch.no_grad():
+        after = b(x, lab)
+    for k in before_a:
+        torch.testing.assert_close(after[k], before_a[k], rtol=0, atol=0)
+
+
+# =============================================================================== losses.py
+
+def test_gsc_hand_case():
+    cam = torch.tensor([[[[0.0, 1.0]], [[0.5, 0.5]]]])
+    rcam = torch.tensor([[[[0.5, 1.0]], [[0.0, 0.25]]]])
+    # |diffs| = 0.5, 0, 0.5, 0.25 -> mean 0.3125
+    assert gsc_loss(cam, rcam).item() == pytest.approx(0.3125)
+
+
+def cosine_maps(cs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, K, 1, 2) maps: CAM_k = [1, 0], R-CAM_k = [c_k, sqrt(1 - c_k^2)]: cos = c_k."""
+    cam = torch.tensor([[[[1.0, 0.0]] for _ in cs]])
+    rcam = torch.tensor([[[[c, math.sqrt(1 - c * c)]] for c in cs]])
+    return cam, rcam
+
+
+def paper_value(c):
+    return 0.5 * ((2 / 3 * c) ** 2 + (1 - c) ** 2)
+
+
+def test_ccl_paper_values():
+    cam, rcam = cosine_maps([1.0, 1.0, 1.0])
+    assert ccl_paper(cam, rcam, torch.tensor([[1.0, 1.0]])).item() == pytest.approx(2 / 9, abs=1e-6)
+    for c in (0.0, 0.3, 0.8):
+        cam, rcam = cosine_maps([c, c, c])
+        assert ccl_paper(cam, rcam, torch.tensor([[1.0, 1.0]])).item() == pytest.approx(paper_value(c), abs=1e-6)
+    # different cosines per class: the mean over the present classes
+    cam, rcam = cosine_maps([0.2, 0.5, 0.9])
+    want = (paper_value(0.2) + paper_value(0.5) + paper_value(0.9)) / 3
+    assert ccl_paper(cam, rcam, torch.tensor([[1.0, 1.0]])).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_ccl_paper_minimum_at_9_over_13():
+    cs = torch.linspace(0, 1, 1301)
+    vals = torch.stack([ccl_paper(*cosine_maps([float(c)] * 2), torch.tensor([[1.0]])) for c in cs])
+    best = cs[vals.argmin()].item()
+    assert best == pytest.approx(9 / 13, abs=1e-3)
+    assert vals.min().item() == pytest.approx(paper_value(9 / 13), abs=1e-6)
+    assert vals.min() < vals[-1]  # c = 1 is not the optimum
+
+
+def test_ccl_paper_absent_classes_ignored():
+    labels = torch.tensor([[1.0, 0.0]])  # class 2 absent; background always present
+    a = ccl_paper(*cosine_maps([0.4, 0.7, 0.1]), labels)
+    b = ccl_paper(*cosine_maps([0.4, 0.7, 0.95]), labels)
+    assert a.item() == pytest.approx(b.item(), abs=1e-7)
+    assert a.item() == pytest.approx((paper_value(0.4) + paper_value(0.7)) / 2, abs=1e-6)
+
+
+def one_hot_maps(order, k) -> torch.Tensor:
+    """(1, k, 1, k): channel order[p] is 1 at pixel p."""
+    m = torch.zeros(1, k, 1, k)
+    for p, ch in enumerate(order):
+        m[0, ch, 0, p] = 1.0
+    return m
+
+
+def test_ccl_contrastive_hand_cases():
+    cam = one_hot_maps([0, 1, 2], 3)
+    labels = torch.tensor([[1.0, 1.0]])
+    assert ccl_contrastive(cam, cam.clone(), labels).item() == pytest.approx(0.0, abs=1e-6)
+    # classes 1 and 2 swapped in R-CAM: pull (0 + 1 + 1) / 3, push (c_12 + c_21) / 6 pairs = 1/3
+    swapped = one_hot_maps([0, 2, 1], 3)
+    assert ccl_contrastive(cam, swapped, labels).item() == pytest.approx(2 / 3 + 1 / 3, abs=1e-6)
+    # background and the class swapped: pull 1, push (1 + 1) / 2 = 1
+    cam2, swapped2 = one_hot_maps([0, 1], 2), one_hot_maps([1, 0], 2)
+    assert ccl_contrastive(cam2, swapped2, torch.tensor([[1.0]])).item() == pytest.approx(2.0, abs=1e-6)
+    # class 2 absent: its R-CAM copying class 1 (c_12 = 1, c_22 = 0) is ignored -> 0 ...
+    bad2 = cam.clone()
+    bad2[0, 2] = cam[0, 1]
+    assert ccl_contrastive(cam, bad2, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    # ... while with class 2 present: pull (0 + 0 + 1) / 3, push (c_12 + c_21) / 6 = 1 / 6
+    assert ccl_contrastive(cam, bad2, labels).item() == pytest.approx(1 / 3 + 1 / 6, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------- total_loss
+
+def fake_v2_out(seed=0, c=2):
+    g = torch.Generator().manual_seed(seed)
+    return {"logits": torch.randn(2, c, generator=g).requires_grad_(),
+            "cam_raw": torch.randn(2, c, 3, 3, generator=g),
+            "cam_bg": torch.rand(2, c + 1, 3, 3, generator=g).requires_grad_(),
+            "rcam_raw": torch.rand(2, c + 1, 3, 3, generator=g).requires_grad_()}
+
+
+def test_total_loss_v1_keys():
+    out = fake_v2_out()
+    terms = total_loss({"logits": out["logits"], "cam_raw": out["cam_raw"]}, torch.tensor([[1.0, 0], [0, 1]]))
+    assert set(terms) == {"cls", "total"}
+    assert torch.equal(terms["total"], terms["cls"])
+
+
+@pytest.mark.parametrize("ccl", ["paper", "contrastive"])
+def test_total_loss_v2_sum(ccl):
+    out, labels = fake_v2_out(1), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    w = LossWeights(w_gsc=0.7, w_ccl=1.3, ccl=ccl)
+    terms = total_loss(out, labels, w)
+    assert set(terms) == {"cls", "gsc", "ccl", "total"}
+    want = terms["cls"] + 0.7 * terms["gsc"] + 1.3 * terms["ccl"]
+    torch.testing.assert_close(terms["total"], want)
+    # the terms are the functions' values on max-normed R-CAM
+    rcam = out["rcam_raw"] / (out["rcam_raw"].flatten(2).amax(dim=2)[..., None, None] + 1e-5)
+    torch.testing.assert_close(terms["gsc"], gsc_loss(out["cam_bg"], rcam))
+    fn = ccl_paper if ccl == "paper" else ccl_contrastive
+    torch.testing.assert_close(terms["ccl"], fn(out["cam_bg"], rcam, labels))
+
+
+def test_total_loss_zero_weight_reported_not_summed():
+    out, labels = fake_v2_out(2), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    terms = total_loss(out, labels, LossWeights(w_gsc=0.0, w_ccl=0.0))
+    assert set(terms) == {"cls", "gsc", "ccl", "total"}
+    assert terms["gsc"].item() > 0 and terms["ccl"].item() > 0
+    assert not terms["gsc"].requires_grad and not terms["ccl"].requires_grad
+    assert torch.equal(terms["total"], terms["cls"])
+    one = total_loss(out, labels, LossWeights(w_gsc=1.0, w_ccl=0.0))
+    torch.testing.assert_close(one["total"], one["cls"] + one["gsc"])
+    assert one["gsc"].requires_grad and not one["ccl"].requires_grad
+
+
+# =============================================================================== inference.py
+
+def test_multiscale_maps_v2_and_flip():
+    model = v2(num_classes=5).eval()
+    img = (torch.rand(70, 90, 3, generator=torch.Generator().manual_seed(16)) * 255).to(torch.uint8).numpy()
+    a = multiscale_maps(model, img, [2, 5], [1.0, 0.5], flip=True, device=CPU)
+    assert set(a) == {"cam", "rcam"}
+    assert a["cam"].shape == (2, 70, 90) and a["rcam"].shape == (3, 70, 90)
+    for m in a.values():
+        assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
+        for ch in m:
+            assert ch.max() == 0 or ch.max() > 0.999
+    assert a["rcam"][0].max() > 0.999  # the background always has seeds here
+    b = multiscale_maps(model, img[:, ::-1].copy(), [2, 5], [1.0, 0.5], flip=True, device=CPU)
+    for k in ("cam", "rcam"):
+        torch.testing.assert_close(torch.from_numpy(a[k][..., ::-1].copy()), torch.from_numpy(b[k]),
+                                   atol=1e-4, rtol=0)
+
+
+def test_multiscale_maps_v1_only_cam():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("v1", "swin_demo", num_classes=5, img_size=128)).eval()
+    assert isinstance(model, SWTformerV1) and not isinstance(model, SWTformerV2)
+    img = np.full((40, 50, 3), 120, dtype=np.uint8)
+    out = multiscale_maps(model, img, [3], [1.0], flip=False, device=CPU)
+    assert set(out) == {"cam"} and out["cam"].shape == (1, 40, 50)
+
+
+# =============================================================================== metrics.SeedScorer
+
+GT = np.array([[0, 0, 1], [0, 1, 1]], dtype=np.uint8)
+CAM = np.array([[[0.1, 0.5, 0.9], [0.2, 0.7, 0.8]]], dtype=np.float32)
+
+
+def test_seed_scorer_hand_case():
+    # argmax over rcam: [[0, 1, 1], [1, 1, 1]]
+    rcam = np.array([[[0.9, 0.1, 0.0], [0.2, 0.1, 0.3]],
+                     [[0.1, 0.8, 0.9], [0.6, 0.9, 0.7]]], dtype=np.float32)
+    scorer = SeedScorer(["a", "b"], [0.3, 0.6])
+    scorer.update({"keys": np.array([1]), "cam": CAM, "rcam": rcam}, GT)
+    s = scorer.summary()
+    assert set(s) == {"cam", "rcam_fg", "rcam"}
+    # rcam argmax: bg TP 1 / union 3; class 1 TP 3 / union 5; class 'b' absent -> not averaged
+    assert s["rcam"]["per_class"]["background"]["iou"] == pytest.approx(1 / 3)
+    assert s["rcam"]["per_class"]["a"]["iou"] == pytest.approx(3 / 5)
+    assert s["rcam"]["per_class"]["b"]["iou"] is None
+    assert s["rcam"]["miou"] == pytest.approx(7 / 15)
+    assert s["rcam"]["pixel_accuracy"] == pytest.approx(4 / 6)
+    assert "threshold" not in s["rcam"]
+    # cam sweep: t=0.3 -> fg where > 0.3: bg 2/3, a 3/4; t=0.6 -> exactly the ground truth
+    assert s["cam"]["threshold"] == 0.6 and s["cam"]["miou"] == pytest.approx(1.0)
+    assert [t for t, _ in s["cam"]["curve"]] == [0.3, 0.6]
+    assert s["cam"]["curve"][0][1] == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert {"threshold", "curve", "miou"} <= set(s["rcam_fg"])
+
+
+def test_seed_scorer_v1_maps():
+    scorer = SeedScorer(["a", "b"], [0.3, 0.6])
+    scorer.update({"keys": np.array([1]), "cam": CAM}, GT)
+    assert set(scorer.summary()) == {"cam"}
+
+
+# =============================================================================== artifacts
+
+def test_save_load_cams_with_rcam(tmp_path):
+    g = np.random.default_rng(0)
+    cam, rcam = g.random((2, 5, 7)).astype(np.float32), g.random((3, 5, 7)).astype(np.float32)
+    path = tmp_path / "train" / "img.npz"
+    save_cams(path, [2, 5], {"cam": cam, "rcam": rcam})
+    got = load_cams(path, expect_shape=(5, 7))
+    assert got["keys"].tolist() == [2, 5]
+    assert got["rcam"].dtype == np.float32 and got["rcam"].shape == (3, 5, 7)
+    np.testing.assert_allclose(got["rcam"], rcam, atol=1e-3)  # stored as float16
+    np.testing.assert_allclose(got["cam"], cam, atol=1e-3)
+
+
+def test_load_cams_rcam_wrong_channels(tmp_path):
+    path = tmp_path / "bad.npz"
+    save_cams(path, [2, 5], {"cam": np.zeros((2, 5, 7)), "rcam": np.zeros((2, 5, 7))})
+    with pytest.raises(io.ArtifactError) as info:
+        load_cams(path)
+    assert str(path) in str(info.value) and "R-CAM" in str(info.value)
+
+
+# =============================================================================== config
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def mutated(raw: dict, dotted: str, value) -> dict:
+    tree = copy.deepcopy(raw)
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return tree
+
+
+@pytest.mark.parametrize("key,value", [
+    ("model.affinity", "cos"),
+    ("loss.ccl", "foo"),
+    ("model.hff_dims", [128, 128, 256]),
+    ("model.hff_dims", [128, 128, 256, 0]),
+    ("model.hff_detach", 1),
+    ("model.bg_weight", 1.5),
+    ("loss.w_gsc", -1),
+    ("loss.w_ccl", -0.5),
+])
+def test_v2_params_bad_values(raw, key, value):
+    with pytest.raises(ParamsError, match=f"'{key}'"):
+        validate_params(mutated(raw, key, value))
+
+
+def test_v2_params_unknown_key(raw):
+    with pytest.raises(ParamsError, match="'loss.w_foo'"):
+        validate_params(mutated(raw, "loss.w_foo", 1.0))
+
+
+def test_v2_params_valid_values(raw):
+    tree = mutated(mutated(raw, "model.affinity", "relu"), "loss.ccl", "contrastive")
+    tree = mutated(mutated(tree, "loss.w_gsc", 0), "model.version", "v2")
+    p = validate_params(tree)
+    assert p.model.affinity == "relu" and p.loss.ccl == "contrastive" and p.loss.w_gsc == 0

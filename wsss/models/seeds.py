@@ -1,0 +1,90 @@
+"""Background-aware seeds and prototypes (SIPE, as modified by SWTformer-V2, paper section 3-5).
+
+Pure functions on batched tensors, in the order the model applies them:
+
+1. :func:`with_background`: foreground CAMs (B, C, h, w) -> (B, C+1, h, w), channel 0 the
+   background ``1 - max_c M_c`` (Eq. 3), absent classes zeroed.
+2. :func:`token_affinity`: tokens (B, D, h, w) -> (B, N, N) cosine affinities, N = h*w, passed
+   through ``abs`` (the paper's Eq. 4) or ``relu`` (SIPE).
+3. :func:`structural_seeds`: each token takes the class whose map best matches the token's
+   affinity row (an IoU of two soft masks), giving one-hot seeds (B, C+1, h, w).
+4. :func:`class_prototypes`: the mean feature of each seed region (B, C+1, D).
+5. :func:`reactivate`: ``ReLU(cos(F, P_k))`` (B, C+1, h, w), the R-CAM before max-normalising.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def with_background(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """cam (B, C, h, w) in [0, 1], labels (B, C) multi-hot -> M (B, C+1, h, w).
+
+    Absent classes are zeroed first, so the background is one minus the strongest *present*
+    class (an absent class's activation is no evidence against background); channel 0 is kept
+    for every image.
+    """
+    fg = cam * labels[:, :, None, None].to(cam.dtype)
+    bg = 1.0 - fg.amax(dim=1, keepdim=True)
+    return torch.cat([bg, fg], dim=1)
+
+
+def token_affinity(tokens: torch.Tensor, mode: str = "abs", eps: float = 1e-5) -> torch.Tensor:
+    """tokens (B, D, h, w) -> S (B, N, N), N = h*w: |cos| (``abs``, Eq. 4) or ReLU(cos) (``relu``)."""
+    t = tokens.flatten(2)
+    t = t / (t.norm(dim=1, keepdim=True) + eps)
+    cos = t.transpose(1, 2) @ t
+    if mode == "abs":
+        return cos.abs()
+    if mode == "relu":
+        return F.relu(cos)
+    raise ValueError(f"token_affinity: mode must be 'abs' or 'relu', got {mode!r}")
+
+
+def structural_match(affinity: torch.Tensor, maps: torch.Tensor, bg_weight: float = 0.5) -> torch.Tensor:
+    """IoU of each token's affinity row with each class map: (B, N, N), (B, K, h, w) -> (B, K, h, w).
+
+    ``inter = sum_j S_ij m_k(j)``, ``union = sum_j S_ij + sum_j m_k(j) - inter``; the background
+    row (k = 0) is multiplied by ``bg_weight`` (SIPE: 0.5).
+    """
+    b, k, h, w = maps.shape
+    m = maps.flatten(2)                                   # (B, K, N)
+    inter = m @ affinity.transpose(1, 2)                  # (B, K, N): sum_j m_k(j) S_ij
+    union = affinity.sum(dim=2)[:, None, :] + m.sum(dim=2, keepdim=True) - inter
+    iou = inter / union.clamp_min(1e-5)
+    weight = torch.ones(k, dtype=iou.dtype, device=iou.device)
+    weight[0] = bg_weight
+    return (iou * weight[None, :, None]).view(b, k, h, w)
+
+
+def structural_seeds(tokens: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, affinity: str = "abs",
+                     bg_weight: float = 0.5) -> torch.Tensor:
+    """One-hot seeds R (B, C+1, h, w) from tokens (B, D, h, w) and the (C+1) map M on their grid.
+
+    Each token takes the class of largest structural match; the result is masked by the image's
+    labels (B, C) (the background channel always kept). No gradient flows through seeds.
+    """
+    with torch.no_grad():
+        match = structural_match(token_affinity(tokens.float(), affinity), maps.float(), bg_weight)
+        seeds = F.one_hot(match.argmax(dim=1), maps.shape[1]).permute(0, 3, 1, 2).to(maps.dtype)
+        keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1).to(maps.dtype)
+        return seeds * keep[:, :, None, None]
+
+
+def class_prototypes(seeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Mean feature of each seed region: seeds (B, K, h, w) in {0, 1}, features (B, D, h, w) -> (B, K, D).
+
+    A class with an empty region gets the zero vector (its reactivation is then 0 everywhere).
+    """
+    area = seeds.flatten(2).sum(dim=2, keepdim=True)                # (B, K, 1)
+    total = seeds.flatten(2) @ features.flatten(2).transpose(1, 2)  # (B, K, D)
+    return total / area.clamp_min(1.0)
+
+
+def reactivate(prototypes: torch.Tensor, features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """R-CAM before normalising: ReLU(cos(F, P_k)); prototypes (B, K, D), features (B, D, h, w) -> (B, K, h, w)."""
+    b, d, h, w = features.shape
+    f = features.flatten(2)
+    f = f / (f.norm(dim=1, keepdim=True) + eps)
+    p = prototypes / (prototypes.norm(dim=2, keepdim=True) + eps)
+    return F.relu(p @ f).view(b, -1, h, w)
