@@ -42,8 +42,9 @@ def main() -> None:
     report = {"seed": {"miou": seeds[lead]["miou"], "map": lead},
               "cam": {"miou": cam["miou"], "threshold": cam["threshold"], "pixel_accuracy": cam["pixel_accuracy"]}}
     if "rcam" in seeds:
-        report["rcam"] = {"miou": seeds["rcam"]["miou"], "pixel_accuracy": seeds["rcam"]["pixel_accuracy"],
-                          "fg_sweep_miou": seeds["rcam_fg"]["miou"], "fg_sweep_threshold": seeds["rcam_fg"]["threshold"]}
+        rcam, fg = seeds["rcam"], seeds["rcam_fg"]
+        report["rcam"] = {"miou": rcam["miou"], "pixel_accuracy": rcam["pixel_accuracy"],
+                          "fg_sweep_miou": fg["miou"], "fg_sweep_threshold": fg["threshold"]}
     report["cls"] = {"map_per_image": cls["map_per_image"], "map_per_class": cls["map_per_class"]}
     io.write_json(artifacts.METRICS / "evaluate.json", report)
     io.write_json(artifacts.METRICS / "per_class.json", {

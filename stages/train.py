@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from dvclive import Live
 
+from dvclive import Live
 from wsss import artifacts, io, runtime
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params, to_dict

@@ -20,8 +20,14 @@ from wsss.losses import LossWeights, ccl_contrastive, ccl_paper, gsc_loss, total
 from wsss.metrics import SeedScorer
 from wsss.models import ModelConfig, build_model
 from wsss.models.hff import HierarchicalFeatureFusion
-from wsss.models.seeds import (class_prototypes, reactivate, structural_match, structural_seeds,
-                               token_affinity, with_background)
+from wsss.models.seeds import (
+    class_prototypes,
+    reactivate,
+    structural_match,
+    structural_seeds,
+    token_affinity,
+    with_background,
+)
 from wsss.models.swtformer import SWTformerV1, SWTformerV2
 
 torch.set_num_threads(1)

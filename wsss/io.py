@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
-
 if TYPE_CHECKING:  # torch is imported where weights are handled, not by every reader
     import torch
 

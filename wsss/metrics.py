@@ -54,9 +54,9 @@ class ThresholdSweep:
     """Confusion matrices for many background thresholds, from one pass over the images.
 
     A pixel is predicted background where no present class's score exceeds the threshold, else
-    the present class with the highest score (as :func:`threshold_labels`, ties to background). Each image is reduced once to (gt, argmax
-    class, threshold bin) counts, where the bin counts how many thresholds the pixel's top score
-    reaches; prefix sums over bins then give every threshold's confusion matrix.
+    the present class with the highest score (as :func:`threshold_labels`, ties to background).
+    Each image is reduced once to (gt, argmax class, threshold bin) counts, where the bin counts
+    how many thresholds the pixel's top score reaches; prefix sums over bins then give every threshold's confusion matrix.
     """
 
     def __init__(self, num_classes: int, thresholds: Sequence[float]):

@@ -8,10 +8,9 @@ stage 3; (b) the (1, 2) pair is brought down to the (3, 4) grid by a stride-2 co
 concatenated with it. The result ``F_hie`` lies on the stride-16 grid.
 
 Every strided conv's output and the upsampled stage 4 are L2-normalised again (the fused (1, 2)
-pair to norm sqrt(2)), so
-each stage weighs the same in the cosine similarities the prototypes are matched with (SIPE's
-fused feature has that property; the paper's figure does not say). ``detach=True`` cuts the side branches off the backbone's graph,
-as SIPE does: the fusion then learns only from the losses that reach it, and cannot pull the
+pair to norm sqrt(2)), so each stage weighs the same in the cosine similarities the prototypes are
+matched with (SIPE's fused feature has that property; the paper's figure does not say).
+``detach=True`` cuts the side branches off the backbone's graph, as SIPE does: the fusion then learns only from the losses that reach it, and cannot pull the
 backbone's features towards itself.
 """
 from __future__ import annotations
