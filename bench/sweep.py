@@ -15,7 +15,7 @@ The data: N images of H x W, each with 1-3 present classes of C (keys), VOC-like
 and smooth CAMs in [0, 1] with ReLU zeros, max-normalised per class and rounded through float16
 as the cams stage stores them (so exact ties with thresholds such as 0.0 and 0.5 do occur).
 
-Run from the project directory:  /work/venv/bin/python bench/sweep.py [options]
+Run from the project directory:  python bench/sweep.py [options]
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ median / min / max seconds per step and the ratio of medians project / bare (tar
 ``--version v2`` measures V2 against bare (``ModelConfig(version="v2")``, nothing else changes);
 add ``--compare-v1`` to time V1, V2 and bare in turns and also report V2 / V1.
 
-Run from the project directory:  /work/venv/bin/python bench/train_step.py [options]
+Run from the project directory:  python bench/train_step.py [options]
 """
 from __future__ import annotations
 

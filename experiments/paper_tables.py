@@ -61,7 +61,7 @@ def collect() -> dict[str, dict]:
     data = json.loads(dvc("exp", "show", "--json", "--no-fetch"))
     found = {}
     for commit in data:
-        for exp in [commit, *[e for e in commit.get("experiments") or [] for e in [e]]]:
+        for exp in [commit, *(commit.get("experiments") or [])]:
             for rev in exp.get("revs", [exp]):
                 name = rev.get("name")
                 metrics = (rev.get("data") or {}).get("metrics") or {}

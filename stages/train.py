@@ -36,7 +36,8 @@ def main() -> None:
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_mult=t.head_lr_mult,
                      weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, min_lr_ratio=t.min_lr_ratio,
                      num_workers=t.num_workers, amp=t.amp, seed=p.seed,
-                     loss=LossWeights(w_gsc=p.loss.w_gsc, w_ccl=p.loss.w_ccl, ccl=p.loss.ccl))
+                     loss=LossWeights(w_gsc=p.loss.w_gsc, w_ccl=p.loss.w_ccl, ccl=p.loss.ccl,
+                                     ramp_epochs=p.loss.ramp_epochs))
     print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
           f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
     with Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False) as live:

@@ -657,3 +657,15 @@ def test_v2_params_valid_values(raw):
     tree = mutated(mutated(tree, "loss.w_gsc", 0), "model.version", "v2")
     p = validate_params(tree)
     assert p.model.affinity == "relu" and p.loss.ccl == "contrastive" and p.loss.w_gsc == 0
+
+
+def test_loss_weights_ramp():
+    """ramp_epochs: both V2 weights rise linearly from 0, reach full weight at the ramp's end, stay."""
+    from wsss.losses import LossWeights
+
+    w = LossWeights(w_gsc=2.0, w_ccl=0.5, ccl="contrastive", ramp_epochs=4)
+    assert (w.at(0).w_gsc, w.at(0).w_ccl) == (0.0, 0.0)
+    assert (w.at(1).w_gsc, w.at(1).w_ccl) == (0.5, 0.125)
+    assert (w.at(4).w_gsc, w.at(10).w_ccl) == (2.0, 0.5)
+    assert w.at(2).ccl == "contrastive"
+    assert LossWeights(w_gsc=1.0, w_ccl=1.0).at(0) == LossWeights(w_gsc=1.0, w_ccl=1.0)  # no ramp: as given

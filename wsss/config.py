@@ -117,6 +117,7 @@ SCHEMA: dict[str, Any] = {
         "w_gsc": Field(FLOAT, _non_negative, "V2: weight of L_GSC (0 = off)"),
         "w_ccl": Field(FLOAT, _non_negative, "V2: weight of L_CCL (0 = off)"),
         "ccl": Field(STR, _choice("paper", "contrastive"), "V2: Eq. 6 as printed, or class-wise contrastive"),
+        "ramp_epochs": Field(FLOAT, _non_negative, "V2: GSC and CCL weights ramp up from 0 over these epochs"),
     },
     "train": {
         "epochs": Field(INT, _positive),

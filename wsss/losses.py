@@ -1,7 +1,7 @@
 """Training losses: L_CLS (paper Eq. 2) for V1; L_CLS + w_gsc L_GSC + w_ccl L_CCL (Eq. 5-7) for V2."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,19 @@ from .models.swtformer import max_norm
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The V2 terms' weights and the reading of Eq. 6 (``paper`` or ``contrastive``)."""
+    """The V2 terms' weights, the reading of Eq. 6 (``paper`` or ``contrastive``), and an optional
+    linear ramp of both weights from 0 over the first ``ramp_epochs`` (0: full weight at once, as
+    the paper; a from-scratch model has no CAM worth matching at first)."""
 
     w_gsc: float = 1.0
     w_ccl: float = 1.0
     ccl: str = "paper"
+    ramp_epochs: float = 0.0
+
+    def at(self, epoch: float) -> "LossWeights":
+        """The weights in force after ``epoch`` (fractional) epochs of training."""
+        f = 1.0 if self.ramp_epochs <= 0 else min(1.0, epoch / self.ramp_epochs)
+        return replace(self, w_gsc=self.w_gsc * f, w_ccl=self.w_ccl * f, ramp_epochs=0.0)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

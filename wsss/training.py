@@ -135,7 +135,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 out = model(x, y)
-            terms = losses.total_loss(out, y, cfg.loss)
+            terms = losses.total_loss(out, y, cfg.loss.at(step / steps_per_epoch))
             loss = terms["total"]
             if not torch.isfinite(loss):
                 raise TrainingError(
