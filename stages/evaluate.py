@@ -54,10 +54,10 @@ def main() -> None:
     })
     io.write_json(artifacts.METRICS / "run.json", {"versions": runtime.versions(), "split": split, "seed_map": lead,
                                                    "images": len(manifest["splits"][split])})
-    curves = [k for k in ("cam", "rcam_fg") if k in seeds]
-    rows = zip(*[seeds[k]["curve"] for k in curves])
-    io.write_text(artifacts.PLOTS / "seed_sweep.csv", "threshold," + ",".join(curves) + "\n" + "".join(
-        f"{row[0][0]:.4f}," + ",".join(f"{m:.6f}" for _, m in row) + "\n" for row in rows))
+    # both columns always (dvc.yaml plots both): a V1 run has no R-CAM, its rcam_fg cells are empty
+    fg_curve = dict(seeds["rcam_fg"]["curve"]) if "rcam_fg" in seeds else {}
+    io.write_text(artifacts.PLOTS / "seed_sweep.csv", "threshold,cam,rcam_fg\n" + "".join(
+        f"{t:.4f},{m:.6f},{_f(fg_curve.get(t))}\n" for t, m in cam["curve"]))
     io.write_text(artifacts.PLOTS / "seed_per_class.csv", "class,iou,precision,recall\n" + "".join(
         f"{n},{_f(v['iou'])},{_f(v['precision'])},{_f(v['recall'])}\n" for n, v in seeds[lead]["per_class"].items()))
     extra = f" (CAM {100 * cam['miou']:.2f} at threshold {cam['threshold']:.2f})" if lead != "cam" else \

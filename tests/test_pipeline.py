@@ -70,7 +70,7 @@ def test_repro_produces_scored_seeds(tiny_run: Path):
     assert 0.0 <= m["cam"]["threshold"] <= 0.95
     assert 0.0 < m["cls"]["map_per_image"] <= 1.0
     sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
-    assert sweep[0] == "threshold,cam" and len(sweep) == 21
+    assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21 and sweep[1].endswith(",")
     assert max(float(r.split(",")[1]) for r in sweep[1:]) == pytest.approx(m["seed"]["miou"], abs=1e-6)
     ids = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
     assert sorted(p.stem for p in (tiny_run / "cams/train").glob("*.npz")) == sorted(ids)
