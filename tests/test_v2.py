@@ -669,3 +669,16 @@ def test_loss_weights_ramp():
     assert (w.at(4).w_gsc, w.at(10).w_ccl) == (2.0, 0.5)
     assert w.at(2).ccl == "contrastive"
     assert LossWeights(w_gsc=1.0, w_ccl=1.0).at(0) == LossWeights(w_gsc=1.0, w_ccl=1.0)  # no ramp: as given
+
+
+def test_cam_panel_rows_for_cam_and_rcam():
+    """Previews: one row per map; the R-CAM row has one more tile (its background channel)."""
+    from wsss.viz import cam_panel
+
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    maps = {"cam": np.random.default_rng(0).random((2, 20, 30)).astype(np.float32),
+            "rcam": np.random.default_rng(1).random((3, 20, 30)).astype(np.float32)}
+    panel = cam_panel(image, maps, [1, 3], ["a", "b", "c"], gt=np.zeros((20, 30), dtype=np.uint8))
+    assert panel.shape == (40, 4 * 30, 3) and panel.dtype == np.uint8
+    assert not panel[:20, 3 * 30:].any()  # the CAM row's missing 4th tile is padding (black) ...
+    assert panel[20:, 3 * 30:].any()  # ... while the R-CAM row fills it
