@@ -72,6 +72,9 @@ def test_repro_produces_scored_seeds(tiny_run: Path):
     sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
     assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21 and sweep[1].endswith(",")
     assert max(float(r.split(",")[1]) for r in sweep[1:]) == pytest.approx(m["seed"]["miou"], abs=1e-6)
+    # refine.method none: the CAM cut at refine.bg_threshold (0.5) is the sweep's point at 0.5
+    at_half = next(float(r.split(",")[1]) for r in sweep[1:] if r.startswith("0.5000,"))
+    assert m["pseudo"]["miou"] == pytest.approx(at_half, abs=1e-6)
     ids = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
     assert sorted(p.stem for p in (tiny_run / "cams/train").glob("*.npz")) == sorted(ids)
     assert len(list((tiny_run / "previews").glob("*.png"))) == 2
@@ -133,6 +136,27 @@ def test_v2_experiment_scores_rcam(tiny_run: Path):
     assert {"loss_cls", "loss_gsc", "loss_ccl", "loss_total"} <= set(live["train"])
     shown = run(["dvc", "exp", "show", "--csv"], tiny_run).stdout
     assert "tiny-v2" in shown and "rcam.miou" in shown
+
+
+@pytest.mark.slow
+def test_crf_refinement_experiment(tiny_run: Path):
+    """`dvc exp run -S refine.method=crf` (after the V2 test: on V2's R-CAMs) re-runs only refine and
+    evaluate, writes palette PNG pseudo labels and scores them."""
+    from PIL import Image
+
+    before = json.loads((tiny_run / "metrics/evaluate.json").read_text())
+    out = run(["dvc", "exp", "run", "-S", "refine.method=crf", "-n", "tiny-crf"], tiny_run).stdout
+    assert "Stage 'train' didn't change, skipping" in out and "Stage 'cams' didn't change, skipping" in out
+    m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
+    assert m["seed"] == before["seed"] and 0.0 < m["pseudo"]["miou"] <= 1.0
+    assert m["pseudo"]["miou"] != before["pseudo"]["miou"]
+    info = json.loads((tiny_run / "pseudo/refine.json").read_text())
+    assert info["method"] == "crf" and info["map"] == before["seed"]["map"]
+    ids = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    pngs = sorted((tiny_run / "pseudo/train").glob("*.png"))
+    assert [p.stem for p in pngs] == sorted(ids)
+    with Image.open(pngs[0]) as im:
+        assert im.mode == "P" and im.size[::-1] == np.load(tiny_run / "cams/train" / f"{pngs[0].stem}.npz")["cam"].shape[1:]
 
 
 @pytest.mark.parametrize("override, culprit", [

@@ -10,6 +10,8 @@ Layout (relative to the project directory)::
     cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16 and, for V2,
                                        rcam (k+1, H, W) float16 (channel 0 = background)
     previews/<id>.png                  CAM-over-image mosaics
+    pseudo/<split>/<id>.png            pseudo labels, VOC palette PNG (0 = background, 255 = unsure)
+    pseudo/refine.json                 how they were made (method, map, split)
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ MODEL_INFO = MODELS / "model.json"
 VAL_SCORES = MODELS / "val_scores.npz"
 CAMS = Path("cams")
 PREVIEWS = Path("previews")
+PSEUDO = Path("pseudo")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 
@@ -39,6 +42,10 @@ def load_manifest(path: Path = MANIFEST) -> dict:
 
 def cam_path(split: str, image_id: str, base: Path = CAMS) -> Path:
     return Path(base) / split / f"{image_id}.npz"
+
+
+def pseudo_path(split: str, image_id: str, base: Path = PSEUDO) -> Path:
+    return Path(base) / split / f"{image_id}.png"
 
 
 def save_cams(path: Path, keys, maps: dict[str, np.ndarray]) -> None:

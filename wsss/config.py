@@ -142,6 +142,22 @@ SCHEMA: dict[str, Any] = {
         "flip": Field(BOOL),
         "num_previews": Field(INT, _non_negative),
     },
+    "refine": {
+        "method": Field(STR, _choice("none", "crf"), "none = seeds cut at bg_threshold | crf"),
+        "map": Field(STR, _choice("seed", "cam", "rcam"), "seed = the map evaluate leads with (V2: R-CAM)"),
+        "bg_threshold": Field(FLOAT, _fraction, "CAM background score for pseudo labels (not the GT sweep's)"),
+        "workers": Field(INT, _non_negative, "processes for the CRF (0 = all cores)"),
+        "crf": {
+            "unary": Field(STR, _choice("prob", "labels"), "prob (PSA) | labels (IRN label cleaning)"),
+            "gt_prob": Field(FLOAT, lambda v: None if 0 < v < 1 else "must be in (0, 1)", "labels unary"),
+            "iterations": Field(INT, _positive),
+            "gaussian_sxy": Field(FLOAT, _positive),
+            "gaussian_compat": Field(FLOAT, _non_negative),
+            "bilateral_sxy": Field(FLOAT, _positive),
+            "bilateral_srgb": Field(FLOAT, _positive),
+            "bilateral_compat": Field(FLOAT, _non_negative),
+        },
+    },
     "evaluate": {
         "threshold_start": Field(FLOAT, _fraction),
         "threshold_stop": Field(FLOAT, _fraction),

@@ -144,6 +144,15 @@ class SeedScorer:
         return out
 
 
+def pseudo_label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, name="pseudo labels") -> np.ndarray:
+    """Confusion of a pseudo-label map against ground truth; an unsure pixel (255) counts as background."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"{name}: {pred.shape} but the ground truth is {gt.shape}")
+    if pred.max(initial=0) >= num_classes and not np.all((pred < num_classes) | (pred == IGNORE)):
+        raise ValueError(f"{name}: labels beyond the {num_classes - 1} classes")
+    return confusion(np.where(pred == IGNORE, 0, pred), gt, num_classes)
+
+
 def argmax_labels(scores_: np.ndarray, keys: Sequence[int]) -> np.ndarray:
     """Label map from (k, H, W) scores whose channels are the classes ``keys`` (0 may be one)."""
     keys = np.asarray(keys, dtype=np.uint8)

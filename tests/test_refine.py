@@ -1,0 +1,138 @@
+"""Refinement: dense CRF, seed -> label conversions, confident labels, the per-split runner."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsss import metrics
+from wsss.data import voc
+from wsss.refine import labels
+from wsss.refine.crf import CRFConfig, crf_from_labels, crf_from_probs
+from wsss.refine.run import RefineConfig, pseudo_label, refine_split
+
+IRN_CLEAN = CRFConfig(bilateral_sxy=50, bilateral_srgb=5)
+
+
+def two_tone(h=40, w=60, edge=30) -> np.ndarray:
+    img = np.full((h, w, 3), 30, dtype=np.uint8)
+    img[:, edge:] = 220
+    return img
+
+
+def test_crf_labels_pull_noisy_boundary_to_image_edge():
+    """A label map whose boundary sits 5 px off the image edge, with 10 % salt noise, is pulled to the edge."""
+    img = two_tone()
+    lab = np.zeros((40, 60), dtype=np.int64)
+    lab[:, 25:] = 1
+    flip = np.random.default_rng(0).random(lab.shape) < 0.1
+    lab[flip] = 1 - lab[flip]
+    out = crf_from_labels(img, lab, 2, gt_prob=0.7, cfg=IRN_CLEAN)
+    assert (out[:, :30] == 0).all() and (out[:, 30:] == 1).all()
+
+
+def test_crf_probs_follow_edge_and_are_distributions():
+    img = two_tone()
+    fg = np.zeros((40, 60), dtype=np.float32)
+    fg[:, 24:] = 0.7   # the activation spills 6 px over the edge at 30
+    probs = np.stack([1 - fg, fg])
+    q = crf_from_probs(img, probs)
+    assert q.shape == (2, 40, 60)
+    np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-4)
+    assert (q.argmax(0)[:, :30] == 0).all() and (q.argmax(0)[:, 30:] == 1).all()
+
+
+def test_crf_size_mismatch():
+    with pytest.raises(ValueError, match="differ in size"):
+        crf_from_labels(two_tone(), np.zeros((10, 10), dtype=np.int64), 2)
+
+
+def test_seed_labels_equal_threshold_labels():
+    """Background padded at t, argmax == metrics.threshold_labels at t (fg iff score > t, ties to bg)."""
+    rng = np.random.default_rng(1)
+    cam = np.round(rng.random((3, 7, 9)), 1).astype(np.float32)  # many exact ties with t
+    keys = [2, 5, 6]
+    for t in (0.0, 0.3, 0.5, 1.0):
+        compact = labels.seed_labels(labels.seed_scores({"cam": cam, "keys": keys}, "cam", t))
+        np.testing.assert_array_equal(labels.to_class_ids(compact, keys), metrics.threshold_labels(cam, keys, t))
+
+
+def test_rcam_scores_and_v1_refusal():
+    rcam = np.zeros((2, 2, 2), dtype=np.float32)
+    rcam[1, 0, 0] = 1.0
+    maps = {"cam": np.zeros((1, 2, 2)), "rcam": rcam, "keys": np.array([4])}
+    ids = labels.to_class_ids(labels.seed_labels(labels.seed_scores(maps, "rcam", 0.9)), [4])
+    np.testing.assert_array_equal(ids, [[4, 0], [0, 0]])
+    with pytest.raises(ValueError, match="R-CAM"):
+        labels.seed_scores({"cam": rcam[:1], "keys": [4]}, "rcam", 0.5)
+
+
+def test_to_class_ids_keeps_unsure():
+    np.testing.assert_array_equal(labels.to_class_ids(np.array([[0, 1, 2, 255]]), [3, 7]), [[0, 3, 7, 255]])
+
+
+def test_confident_labels_by_hand():
+    """One class: > 0.3 foreground, <= 0.05 background, in between unsure (255)."""
+    fg = np.array([[[0.9, 0.31, 0.3, 0.1, 0.05, 0.0]]])  # float64: 0.3 is exactly the threshold
+    out = labels.confident_labels(fg, fg_threshold=0.3, bg_threshold=0.05)
+    np.testing.assert_array_equal(out, [[1, 1, 255, 255, 0, 0]])
+    two = np.stack([fg[0], fg[0][:, ::-1]])  # a second class, mirrored: the top class wins
+    out = labels.confident_labels(two, 0.3, 0.05)
+    np.testing.assert_array_equal(out, [[1, 1, 255, 255, 2, 2]])
+    with pytest.raises(ValueError):
+        labels.confident_labels(fg, 0.05, 0.3)
+
+
+def test_confident_labels_cleaned():
+    calls = []
+
+    def clean(lab, n):
+        calls.append(n)
+        return np.zeros_like(lab)  # a cleaner that wipes everything to background
+
+    out = labels.confident_labels(np.full((2, 3, 3), 0.9, dtype=np.float32), 0.3, 0.05, clean=clean)
+    assert calls == [3, 3] and (out == 0).all()
+
+
+def test_pseudo_label_confusion_unsure_is_background():
+    gt = np.array([[0, 1], [1, 255]], dtype=np.uint8)
+    pred = np.array([[255, 1], [0, 3]], dtype=np.uint8)
+    conf = metrics.pseudo_label_confusion(pred, gt, 4)
+    assert conf[0, 0] == 1 and conf[1, 1] == 1 and conf[1, 0] == 1 and conf.sum() == 3
+    with pytest.raises(ValueError, match="ground truth"):
+        metrics.pseudo_label_confusion(pred[:1], gt, 4)
+
+
+@pytest.mark.parametrize("method, unary", [("none", "prob"), ("crf", "prob"), ("crf", "labels")])
+def test_refine_split_writes_palette_pngs(tmp_path, method, unary):
+    """The runner (2 processes) writes one palette PNG per image, class ids of the image's keys."""
+    from wsss import artifacts
+
+    tasks = []
+    for i in range(3):
+        img = two_tone()
+        cam = np.zeros((1, 40, 60), dtype=np.float32)
+        cam[0, :, 26:] = 0.9
+        (tmp_path / f"{i}.png").write_bytes(voc.palette_png(img[..., 0]))  # unused: keep the image
+        img_path = tmp_path / f"{i}.jpg"
+        import cv2
+
+        cv2.imwrite(str(img_path), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+        cam_path = tmp_path / "cams" / f"{i}.npz"
+        artifacts.save_cams(cam_path, [5], {"cam": cam})
+        tasks.append((img_path, cam_path, tmp_path / "pseudo" / f"{i}.png"))
+    cfg = RefineConfig(method=method, kind="cam", bg_threshold=0.5, crf_unary=unary,
+                       crf=IRN_CLEAN if unary == "labels" else CRFConfig())
+    refine_split(tasks, cfg, workers=2)
+    for _, _, out in tasks:
+        lab = voc.read_mask(out)
+        assert lab.shape == (40, 60) and set(np.unique(lab)) == {0, 5}
+        if method == "crf":
+            assert (lab[:, :30] == 0).all() and (lab[:, 30:] == 5).all()  # pulled to the edge at 30
+        else:
+            assert (lab[:, 26:] == 5).all() and (lab[:, :26] == 0).all()
+
+
+def test_pseudo_label_unknown_method():
+    maps = {"cam": np.zeros((1, 4, 4), dtype=np.float32), "keys": np.array([1])}
+    with pytest.raises(ValueError, match="refine.method"):
+        pseudo_label(np.zeros((4, 4, 3), np.uint8), maps, RefineConfig(method="magic", kind="cam", bg_threshold=0.5))

@@ -1,0 +1,1 @@
+"""Pseudo-label refinement: seeds -> labels (threshold / argmax), dense CRF, IRN-style relations."""
