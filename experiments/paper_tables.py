@@ -1,11 +1,12 @@
-"""The paper's Tables 1-3, reproduced as DVC experiments (on the demo set by default).
+"""The paper's Tables 1-3 and the refinement table, reproduced as DVC experiments (demo set by default).
 
 Queues one ``dvc exp run`` per row (``--queue``, each with its ``-S`` overrides on top of
 ``params.yaml``), runs the queue (``dvc queue start``, one worker: CPU runs would only compete),
 waits for it, then reads every experiment's metrics with ``dvc exp show --json`` and prints the
 tables in Markdown. Run from the project directory, on a committed workspace:
 
-    python experiments/paper_tables.py              # queue, run, print
+    python experiments/paper_tables.py              # queue, run, print (Tables 1-3)
+    python experiments/paper_tables.py --table refine   # seeds vs none / CRF / IRN pseudo labels
     python experiments/paper_tables.py --report     # only print, from experiments already run
     python experiments/paper_tables.py --dry-run    # print the dvc commands
 
@@ -30,6 +31,15 @@ ROWS = {
     "v2-contrastive": ("V2, CLS + GSC + CCL (contrastive)",
                        ["model.version=v2", "loss.w_gsc=1", "loss.w_ccl=1", "loss.ccl=contrastive"]),
 }
+#: the refinement table: (model, seed map) x (none, crf, irn), everything else from params.yaml
+SEEDS = {"v1": ("V1 CAM", ["model.version=v1"]),
+         "v2": ("V2 R-CAM", ["model.version=v2"]),
+         "v2cam": ("V2 CAM", ["model.version=v2", "refine.map=cam"])}
+METHODS = ("none", "crf", "irn")
+for _seed, (_what, _sets) in SEEDS.items():
+    for _method in METHODS:
+        ROWS[f"ref-{_seed}-{_method}"] = (f"{_what}, {_method}", [*_sets, f"refine.method={_method}"])
+TABLES = {"paper": [r for r in ROWS if not r.startswith("ref-")], "refine": [r for r in ROWS if r.startswith("ref-")]}
 
 
 def dvc(*args: str, dry: bool = False) -> str:
@@ -100,18 +110,37 @@ def tables(found: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def refine_table(found: dict[str, dict]) -> str:
+    def get(row, *path):
+        v = found.get(row)
+        for p in path:
+            v = None if v is None else v.get(p)
+        return v
+
+    out = ["Refinement: seed and pseudo-label mIoU on the train split (%)", "",
+           "| seeds | seed mIoU (as evaluate scores them) | none | CRF | IRN |", "|---|---|---|---|---|"]
+    for seed, (what, _) in SEEDS.items():
+        key = "cam" if seed != "v2" else "rcam"
+        out.append(f"| {what} | {_pct(get(f'ref-{seed}-none', key, 'miou'))} | " +
+                   " | ".join(_pct(get(f"ref-{seed}-{m}", "pseudo", "miou")) for m in METHODS) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="which experiments")
+    ap.add_argument("--table", choices=[*TABLES, "all"], default="paper", help="which table's experiments")
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS), help="which experiments (default: the table's)")
     ap.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override for every row (e.g. data.root=../VOC2012)")
     ap.add_argument("--report", action="store_true", help="do not run; print from existing experiments")
     ap.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
     args = ap.parse_args(argv)
+    names = list(TABLES) if args.table == "all" else [args.table]
     if not args.report:
-        queue(args.rows, args.set, args.dry_run)
+        queue(args.rows or [r for t in names for r in TABLES[t]], args.set, args.dry_run)
     if not args.dry_run:
-        print(tables(collect()))
+        found = collect()
+        print("\n\n".join((tables if t == "paper" else refine_table)(found) for t in names))
     return 0
 
 

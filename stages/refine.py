@@ -2,36 +2,46 @@
 from __future__ import annotations
 
 import shutil
+import time
 
-from wsss import artifacts, io
+from wsss import artifacts, io, runtime
 from wsss.cli import data_root, run_stage
-from wsss.config import ParamsError, load_params
+from wsss.config import load_params
 from wsss.data import voc
 from wsss.refine.crf import CRFConfig
-from wsss.refine.run import RefineConfig, refine_split
+from wsss.refine.irn import IRNConfig, Walker
+from wsss.refine.run import RefineConfig, label_images, refine_split
 
 
 def main() -> None:
     p = load_params()
     manifest = artifacts.load_manifest()
     root = data_root(p)
-    r, c = p.refine, p.refine.crf
-    kind = io.read_json(artifacts.MODEL_INFO).get("seed_map", "cam") if r.map == "seed" else r.map
-    cfg = RefineConfig(method=r.method, kind=kind, bg_threshold=r.bg_threshold, crf_unary=c.unary,
-                       crf_gt_prob=c.gt_prob,
-                       crf=CRFConfig(iterations=c.iterations, gaussian_sxy=c.gaussian_sxy,
-                                     gaussian_compat=c.gaussian_compat, bilateral_sxy=c.bilateral_sxy,
-                                     bilateral_srgb=c.bilateral_srgb, bilateral_compat=c.bilateral_compat))
-    if kind == "rcam" and artifacts.load_model_config().version != "v2":
-        raise ParamsError("params.yaml: 'refine.map' is 'rcam' but the trained model is V1 (no R-CAM): use cam or seed")
+    r = p.refine
+    kind = artifacts.seed_kind(r.map)
     split = p.data.seed_split
     shutil.rmtree(artifacts.PSEUDO, ignore_errors=True)
     tasks = [(voc.image_path(root, i), artifacts.cam_path(split, i), artifacts.pseudo_path(split, i))
              for i in manifest["splits"][split]]
-    refine_split(tasks, cfg, r.workers, desc=f"refine {split} ({r.method}, {kind})")
-    io.write_json(artifacts.PSEUDO / "refine.json", {"method": r.method, "map": kind, "split": split,
-                                                     "images": len(tasks)})
-    print(f"refine: {len(tasks)} pseudo labels ({r.method} on the {kind}) in {artifacts.PSEUDO / split}")
+    desc = f"refine {split} ({r.method}, {kind})"
+    start = time.perf_counter()
+    if r.method == "irn":
+        device = runtime.device()
+        cfg = IRNConfig.from_params(r.irn, p.seed)
+        walker = Walker(artifacts.load_relation_net(cfg.dim, device), kind, cfg, device)
+        label_images(tasks, walker, workers=1, desc=desc)
+    else:
+        cfg = RefineConfig(method=r.method, kind=kind, bg_threshold=r.bg_threshold, crf_unary=r.crf.unary,
+                           crf_gt_prob=r.crf.gt_prob, crf=CRFConfig.from_params(r.crf))
+        refine_split(tasks, cfg, r.workers, desc=desc)
+    seconds = time.perf_counter() - start
+    record = {"method": r.method, "map": kind, "split": split, "images": len(tasks), "seconds": round(seconds, 2)}
+    if r.method == "irn":
+        trained = io.read_json(artifacts.RELATION_INFO)
+        record["relations"] = {k: trained[k] for k in ("split", "images", "confident_pixels", "seconds", "summary")}
+    io.write_json(artifacts.PSEUDO / "refine.json", record)
+    print(f"refine: {len(tasks)} pseudo labels ({r.method} on the {kind}) in {artifacts.PSEUDO / split} "
+          f"in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

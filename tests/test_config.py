@@ -166,6 +166,19 @@ def test_cams_splits_must_hold_seed_split(tmp_path, raw):
     assert "'train'" in msg
 
 
+def test_irn_needs_seeds_of_the_training_split(tmp_path, raw):
+    tree = mutated(mutated(raw, "refine.method", "irn"), "cams.splits", ["train"])
+    msg = load_error(tmp_path, tree)
+    assert "'refine.method'" in msg and "'train_aug'" in msg and "cams.splits" in msg
+    write_params(tmp_path, mutated(mutated(raw, "refine.method", "irn"), "cams.splits", ["train", "train_aug"]))
+    assert load_params(tmp_path / "params.yaml").refine.method == "irn"
+
+
+def test_irn_confident_thresholds_ordered(tmp_path, raw):
+    tree = mutated(mutated(raw, "refine.irn.conf_fg", 0.2), "refine.irn.conf_bg", 0.4)
+    assert "'refine.irn.conf_fg'" in load_error(tmp_path, tree)
+
+
 @pytest.mark.parametrize("key,value", [
     ("train.crop_size", 200),           # not a multiple of 32
     ("train.resize_long", [320, 160]),  # low > high

@@ -159,6 +159,39 @@ def test_crf_refinement_experiment(tiny_run: Path):
         assert im.mode == "P" and im.size[::-1] == np.load(tiny_run / "cams/train" / f"{pngs[0].stem}.npz")["cam"].shape[1:]
 
 
+@pytest.mark.slow
+def test_irn_refinement_experiment(tiny_run: Path):
+    """`dvc exp run -S refine.method=irn` (after the V2 test: on V2's R-CAMs, then on its CAMs):
+    confident labels of train_aug, a relation net, the walk; the classifier and seeds are reused."""
+    from PIL import Image
+
+    out = run(["dvc", "exp", "run", "-S", "refine.method=irn", "-S", "refine.irn.epochs=1",
+               "-S", "refine.irn.batch_size=8", "-n", "tiny-irn"], tiny_run).stdout
+    assert "Stage 'train' didn't change, skipping" in out and "Stage 'cams' didn't change, skipping" in out
+    info = json.loads((tiny_run / "relations/relations.json").read_text())
+    assert info["trained"] and info["split"] == "train_aug" and info["map"] == "rcam"
+    assert sum(info["confident_pixels"].values()) == pytest.approx(1.0, abs=1e-3)
+    aug = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train_aug.txt").read_text().split()
+    assert sorted(p.stem for p in (tiny_run / "relations/labels").glob("*.png")) == sorted(aug)
+    assert (tiny_run / "relations/relations.safetensors").stat().st_size > 0
+    m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
+    assert 0.0 < m["pseudo"]["miou"] <= 1.0
+    record = json.loads((tiny_run / "pseudo/refine.json").read_text())
+    assert record["method"] == "irn" and record["relations"]["seconds"]["training"] > 0
+    assert json.loads((tiny_run / "metrics/run.json").read_text())["refine"]["method"] == "irn"
+    ids = (tiny_run / "data/prepared/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    pngs = sorted((tiny_run / "pseudo/train").glob("*.png"))
+    assert [p.stem for p in pngs] == sorted(ids)
+    with Image.open(pngs[0]) as im:
+        assert im.mode == "P"
+    # the same relation-net recipe on V2's CAMs (refine.map=cam): relations re-trains, seeds reused
+    out = run(["dvc", "exp", "run", "-S", "refine.method=irn", "-S", "refine.irn.epochs=1",
+               "-S", "refine.irn.batch_size=8", "-S", "refine.map=cam", "-n", "tiny-irn-cam"], tiny_run).stdout
+    assert "Stage 'cams' didn't change, skipping" in out
+    assert json.loads((tiny_run / "relations/relations.json").read_text())["map"] == "cam"
+    assert 0.0 < json.loads((tiny_run / "metrics/evaluate.json").read_text())["pseudo"]["miou"] <= 1.0
+
+
 @pytest.mark.parametrize("override, culprit", [
     ({"model": {"version": "v3"}}, "model.version"),
     ({"cams": {"scales": [1.0, 0]}}, "cams.scales"),

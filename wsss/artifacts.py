@@ -10,8 +10,12 @@ Layout (relative to the project directory)::
     cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16 and, for V2,
                                        rcam (k+1, H, W) float16 (channel 0 = background)
     previews/<id>.png                  CAM-over-image mosaics
+    relations/relations.json           IRN relation net: trained or not, config, label stats, times
+    relations/relations.safetensors    its boundary head (the backbone is the classifier's)
+    relations/labels/<id>.png          its confident training labels (palette PNG, 255 = unsure)
+    relations/live/                    its DVCLive training log
     pseudo/<split>/<id>.png            pseudo labels, VOC palette PNG (0 = background, 255 = unsure)
-    pseudo/refine.json                 how they were made (method, map, split)
+    pseudo/refine.json                 how they were made (method, map, split, time)
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ VAL_SCORES = MODELS / "val_scores.npz"
 CAMS = Path("cams")
 PREVIEWS = Path("previews")
 PSEUDO = Path("pseudo")
+RELATIONS = Path("relations")
+RELATION_WEIGHTS = RELATIONS / "relations.safetensors"
+RELATION_INFO = RELATIONS / "relations.json"
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 
@@ -46,6 +53,20 @@ def cam_path(split: str, image_id: str, base: Path = CAMS) -> Path:
 
 def pseudo_path(split: str, image_id: str, base: Path = PSEUDO) -> Path:
     return Path(base) / split / f"{image_id}.png"
+
+
+def relation_label_path(image_id: str, base: Path = RELATIONS) -> Path:
+    return Path(base) / "labels" / f"{image_id}.png"
+
+
+def seed_kind(map_param: str) -> str:
+    """``refine.map`` -> the seed map to refine: 'seed' is the trained model's (model.json)."""
+    from .config import ParamsError
+
+    kind = io.read_json(MODEL_INFO).get("seed_map", "cam") if map_param == "seed" else map_param
+    if kind == "rcam" and load_model_config().version != "v2":
+        raise ParamsError("params.yaml: 'refine.map' is 'rcam' but the trained model is V1 (no R-CAM): use cam or seed")
+    return kind
 
 
 def save_cams(path: Path, keys, maps: dict[str, np.ndarray]) -> None:
@@ -87,3 +108,18 @@ def load_model(device=None):
         raise io.ArtifactError(f"{WEIGHTS}: does not fit {cfg.version}/{cfg.backbone}: "
                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.to(device or "cpu").eval()
+
+
+def load_relation_net(dim: int, device=None):
+    """The classifier from ``models/`` with the trained boundary head from ``relations/``."""
+    from .models.relations import RelationNet
+
+    info = io.read_json(RELATION_INFO)
+    if not info.get("trained"):
+        raise io.ArtifactError(f"{RELATION_INFO}: no relation net was trained ({info.get('reason', '?')})")
+    net = RelationNet(load_model(device), dim)
+    try:
+        net.head.load_state_dict(io.load_weights(RELATION_WEIGHTS))
+    except RuntimeError as exc:
+        raise io.ArtifactError(f"{RELATION_WEIGHTS}: does not fit a head of dim {dim}: {exc}") from None
+    return net.to(device or "cpu").eval()

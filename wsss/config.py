@@ -84,6 +84,17 @@ def _pretrained(v) -> str | None:
 
 INT, FLOAT, STR, BOOL, LIST = (int,), (int, float), (str,), (bool,), (list,)
 
+# Dense CRF kernels, shared by refine.crf and IRN's label cleaning (refine.irn.clean_crf)
+_CRF_KERNELS: dict[str, Field] = {
+    "gt_prob": Field(FLOAT, lambda v: None if 0 < v < 1 else "must be in (0, 1)", "hard-label unary confidence"),
+    "iterations": Field(INT, _positive),
+    "gaussian_sxy": Field(FLOAT, _positive),
+    "gaussian_compat": Field(FLOAT, _non_negative),
+    "bilateral_sxy": Field(FLOAT, _positive),
+    "bilateral_srgb": Field(FLOAT, _positive),
+    "bilateral_compat": Field(FLOAT, _non_negative),
+}
+
 # The whole parameter tree. A dict is a section; a Field is a leaf.
 SCHEMA: dict[str, Any] = {
     "seed": Field(INT, _non_negative, "global seed (data order, augmentation, init)"),
@@ -143,19 +154,31 @@ SCHEMA: dict[str, Any] = {
         "num_previews": Field(INT, _non_negative),
     },
     "refine": {
-        "method": Field(STR, _choice("none", "crf"), "none = seeds cut at bg_threshold | crf"),
+        "method": Field(STR, _choice("none", "crf", "irn"), "none = seeds cut at bg_threshold | crf | irn"),
         "map": Field(STR, _choice("seed", "cam", "rcam"), "seed = the map evaluate leads with (V2: R-CAM)"),
         "bg_threshold": Field(FLOAT, _fraction, "CAM background score for pseudo labels (not the GT sweep's)"),
         "workers": Field(INT, _non_negative, "processes for the CRF (0 = all cores)"),
         "crf": {
             "unary": Field(STR, _choice("prob", "labels"), "prob (PSA) | labels (IRN label cleaning)"),
-            "gt_prob": Field(FLOAT, lambda v: None if 0 < v < 1 else "must be in (0, 1)", "labels unary"),
-            "iterations": Field(INT, _positive),
-            "gaussian_sxy": Field(FLOAT, _positive),
-            "gaussian_compat": Field(FLOAT, _non_negative),
-            "bilateral_sxy": Field(FLOAT, _positive),
-            "bilateral_srgb": Field(FLOAT, _positive),
-            "bilateral_compat": Field(FLOAT, _non_negative),
+            **_CRF_KERNELS,
+        },
+        "irn": {
+            "conf_fg": Field(FLOAT, _fraction, "confident foreground: top class score above this (IRN: 0.30)"),
+            "conf_bg": Field(FLOAT, _fraction, "confident background: no class score above this (IRN: 0.05)"),
+            "clean": Field(BOOL, None, "clean both cuts with a CRF on hard labels (IRN: true)"),
+            "clean_crf": dict(_CRF_KERNELS),
+            "epochs": Field(INT, _positive),
+            "batch_size": Field(INT, _positive),
+            "crop_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32"),
+            "resize_long": Field(LIST, _pair, "random rescale of the long side, [low, high] px"),
+            "lr": Field(FLOAT, _positive, "relation head learning rate (AdamW)"),
+            "weight_decay": Field(FLOAT, _non_negative),
+            "dim": Field(INT, _positive, "channels of the boundary head's branches"),
+            "train_radius": Field(INT, lambda v: None if v >= 2 else "must be >= 2", "pair radius in training, stride-4 cells (IRN: 10)"),
+            "walk_radius": Field(INT, lambda v: None if v >= 2 else "must be >= 2", "affinity radius of the walk (IRN: 5)"),
+            "beta": Field(FLOAT, _positive, "affinity exponent (IRN: 10)"),
+            "iterations": Field(INT, _non_negative, "random-walk steps (IRN: 2^8 = 256)"),
+            "bg_threshold": Field(FLOAT, _fraction, "background score after the walk (IRN: 0.25; CAM seeds only)"),
         },
     },
     "evaluate": {
@@ -205,6 +228,11 @@ def _validate(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, s
 def _cross_checks(p: SimpleNamespace, source: str) -> None:
     if p.data.seed_split not in p.cams.splits:
         raise ParamsError(f"{source}: 'cams.splits' must include data.seed_split '{p.data.seed_split}'")
+    if p.refine.method == "irn" and p.data.train_split not in p.cams.splits:
+        raise ParamsError(f"{source}: 'refine.method' irn trains on the seeds of data.train_split: add "
+                          f"'{p.data.train_split}' to cams.splits")
+    if p.refine.irn.conf_fg < p.refine.irn.conf_bg:
+        raise ParamsError(f"{source}: 'refine.irn.conf_fg' must be >= refine.irn.conf_bg")
     if p.data.demo.min_size > p.data.demo.max_size:
         raise ParamsError(f"{source}: 'data.demo.min_size' must be <= data.demo.max_size")
     if p.data.demo.num_train > p.data.demo.num_train_aug:

@@ -76,15 +76,12 @@ def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
     return out
 
 
-class TrainCrops(Dataset):
-    """Augmented training crops: item -> (image (3, crop, crop) float, labels (C,) float, index)."""
+class EpochSeeded(Dataset):
+    """A data set over ``ids`` whose item ``index`` draws from ``rng(index)``, a generator seeded
+    by ``(seed, epoch, index)``: call :meth:`set_epoch` before iterating an epoch."""
 
-    def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int,
-                 crop_size: int, resize_long: Sequence[int], hflip: bool, jitter: float, seed: int):
-        self.root, self.ids, self.labels = Path(root), list(ids), labels
-        self.num_classes, self.crop_size = num_classes, crop_size
-        self.resize_long, self.hflip, self.jitter, self.seed = tuple(resize_long), hflip, jitter, seed
-        self.epoch = 0
+    def __init__(self, ids: Sequence[str], seed: int):
+        self.ids, self.seed, self.epoch = list(ids), seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating an epoch (workers are re-created per epoch and see it)."""
@@ -93,8 +90,22 @@ class TrainCrops(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class TrainCrops(EpochSeeded):
+    """Augmented training crops: item -> (image (3, crop, crop) float, labels (C,) float, index)."""
+
+    def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int,
+                 crop_size: int, resize_long: Sequence[int], hflip: bool, jitter: float, seed: int):
+        super().__init__(ids, seed)
+        self.root, self.labels = Path(root), labels
+        self.num_classes, self.crop_size = num_classes, crop_size
+        self.resize_long, self.hflip, self.jitter = tuple(resize_long), hflip, jitter
+
     def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         image_id = self.ids[index]
         img = voc.read_image(voc.image_path(self.root, image_id))
         img = rescale_long(img, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))

@@ -30,6 +30,11 @@ class CRFConfig:
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
 
+    @classmethod
+    def from_params(cls, section) -> "CRFConfig":
+        """From a params section holding the kernel keys (refine.crf, refine.irn.clean_crf)."""
+        return cls(**{name: getattr(section, name) for name in cls.__dataclass_fields__})
+
 
 def _infer(image: np.ndarray, unary: np.ndarray, n: int, cfg: CRFConfig) -> np.ndarray:
     h, w = image.shape[:2]

@@ -26,6 +26,15 @@ def seed_scores(maps: dict[str, np.ndarray], kind: str, bg_threshold: float) -> 
     return np.concatenate([bg, cam])
 
 
+def foreground_scores(maps: dict[str, np.ndarray], kind: str) -> np.ndarray:
+    """Foreground scores (k, H, W) to cut at thresholds: the CAM, or the R-CAM's class channels
+    zeroed where its background channel wins (an R-CAM's background is its own, not a threshold)."""
+    if kind == "cam":
+        return maps["cam"].astype(np.float32)
+    rcam = seed_scores(maps, "rcam", 0.0)
+    return np.where(np.argmax(rcam, axis=0)[None] > 0, rcam[1:], 0.0).astype(np.float32)
+
+
 def seed_labels(scores: np.ndarray) -> np.ndarray:
     """Compact label map (H, W) uint8: the argmax, ties to the background (channel 0).
 

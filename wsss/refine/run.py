@@ -1,16 +1,19 @@
-"""Refine one split's seeds into pseudo labels, image by image, on all cores with a progress bar.
+"""Turn seed maps into label maps, image by image, on all cores with a progress bar.
 
-Each image: read its seed maps and the image, make compact labels with the chosen method,
-map them to class ids and write a VOC palette PNG (atomically). Workers are processes (the
-dense CRF is single-threaded C++); the order of work does not change any result.
+Each image: read its seed maps and the image, make class-id labels with a *labeller*
+(``labeller(image, maps) -> (H, W) uint8``: :func:`pseudo_label` for ``none`` / ``crf``,
+:func:`confident_label` for IRN's training labels, :class:`wsss.refine.irn.Walker` for IRN)
+and write a VOC palette PNG (atomically). Workers are processes (the dense CRF is
+single-threaded C++); the order of work does not change any result.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -44,20 +47,41 @@ def pseudo_label(image: np.ndarray, maps: dict[str, np.ndarray], cfg: RefineConf
     return labels.to_class_ids(compact, [int(k) for k in maps["keys"]])
 
 
+@dataclass(frozen=True)
+class ConfidentConfig:
+    """IRN's confident labels: two cuts of the foreground scores, each cleaned by a label CRF."""
+
+    kind: str                    # cam | rcam
+    fg_threshold: float
+    bg_threshold: float
+    clean: bool = True
+    gt_prob: float = 0.7
+    crf: crf.CRFConfig = crf.CRFConfig(bilateral_sxy=50, bilateral_srgb=5)
+
+
+def confident_label(image: np.ndarray, maps: dict[str, np.ndarray], cfg: ConfidentConfig) -> np.ndarray:
+    """Class-id labels (H, W) uint8 with 255 = unsure, for training the relation net."""
+    clean = partial(crf.crf_from_labels, image, gt_prob=cfg.gt_prob, cfg=cfg.crf) if cfg.clean else None
+    compact = labels.confident_labels(labels.foreground_scores(maps, cfg.kind), cfg.fg_threshold,
+                                      cfg.bg_threshold, clean)
+    return labels.to_class_ids(compact, [int(k) for k in maps["keys"]])
+
+
 def _one(task: tuple) -> str:
-    image_path, cam_path, out_path, cfg = task
+    image_path, cam_path, out_path, labeller = task
     from ..artifacts import load_cams
 
     image = voc.read_image(Path(image_path))
     maps = load_cams(Path(cam_path), expect_shape=image.shape[:2])
-    io.write_bytes(out_path, voc.palette_png(pseudo_label(image, maps, cfg)))
+    io.write_bytes(out_path, voc.palette_png(labeller(image, maps)))
     return out_path
 
 
-def refine_split(tasks: Sequence[tuple[Path, Path, Path]], cfg: RefineConfig, workers: int = 0,
+def label_images(tasks: Sequence[tuple[Path, Path, Path]], labeller: Callable, workers: int = 0,
                  desc: str = "refine") -> None:
-    """tasks: (image, seed maps, output PNG) per image. ``workers`` 0 = all cores, 1 = in process."""
-    jobs = [(str(i), str(c), str(o), cfg) for i, c, o in tasks]
+    """tasks: (image, seed maps, output PNG) per image. ``workers`` 0 = all cores, 1 = in process
+    (a labeller holding a torch model runs in process: torch uses the cores itself)."""
+    jobs = [(str(i), str(c), str(o), labeller) for i, c, o in tasks]
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc=desc, unit="img")
     if workers == 1:
@@ -69,3 +93,9 @@ def refine_split(tasks: Sequence[tuple[Path, Path, Path]], cfg: RefineConfig, wo
             for _ in pool.map(_one, jobs, chunksize=4):
                 bar.update()
     bar.close()
+
+
+def refine_split(tasks: Sequence[tuple[Path, Path, Path]], cfg: RefineConfig, workers: int = 0,
+                 desc: str = "refine") -> None:
+    """Pseudo labels by ``none`` or ``crf`` (see :func:`pseudo_label`) for every task."""
+    label_images(tasks, partial(pseudo_label, cfg=cfg), workers, desc)

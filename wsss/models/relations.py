@@ -1,0 +1,57 @@
+"""Relation net: a class-boundary head on a trained, frozen SWTformer backbone (IRN's edge branch).
+
+Each of the four Swin stage maps (strides 4, 8, 16, 32) goes through a 1x1 conv + GroupNorm +
+ReLU to ``dim`` channels and is bilinearly brought to the stride-4 grid; the four are
+concatenated and a 1x1 conv + GroupNorm + ReLU and a 1x1 conv give the boundary logit.
+The backbone runs in eval mode without gradients (IRN trains only its branches); only the head
+is trained and saved. :mod:`wsss.refine.affinity` turns the boundary map into affinities.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _branch(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, bias=False), nn.GroupNorm(4, out_dim), nn.ReLU(inplace=True))
+
+
+class BoundaryHead(nn.Module):
+    """Four stage maps -> boundary logits (B, 1, h1, w1) on stage 1's grid (stride 4)."""
+
+    def __init__(self, in_dims: list[int], dim: int = 32):
+        super().__init__()
+        self.sides = nn.ModuleList(_branch(c, dim) for c in in_dims)
+        self.fuse = _branch(dim * len(in_dims), dim)
+        self.out = nn.Conv2d(dim, 1, 1)
+
+    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        grid = stages[0].shape[-2:]
+        sides = [F.interpolate(side(s), size=grid, mode="bilinear", align_corners=False) if i else side(s)
+                 for i, (side, s) in enumerate(zip(self.sides, stages))]
+        return self.out(self.fuse(torch.cat(sides, dim=1)))
+
+
+class RelationNet(nn.Module):
+    """A frozen SWTformer (V1 or V2; only its backbone is used) + a trainable :class:`BoundaryHead`."""
+
+    def __init__(self, classifier: nn.Module, dim: int = 32):
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.head = BoundaryHead([info["num_chs"] for info in classifier.backbone.feature_info], dim)
+
+    @property
+    def pad_multiple(self) -> int:
+        return self.classifier.pad_multiple
+
+    def train(self, mode: bool = True) -> "RelationNet":
+        super().train(mode)
+        self.classifier.eval()       # the backbone stays frozen (no dropout / drop-path)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W), H and W multiples of :attr:`pad_multiple` -> boundary (B, H/4, W/4) in [0, 1]."""
+        with torch.no_grad():
+            _, stages = self.classifier.features(x)
+        return torch.sigmoid(self.head([s.float() for s in stages]))[:, 0]
