@@ -184,6 +184,11 @@ def test_irn_refinement_experiment(tiny_run: Path):
     assert [p.stem for p in pngs] == sorted(ids)
     with Image.open(pngs[0]) as im:
         assert im.mode == "P"
+    # a walk parameter re-runs the walk alone, not the relation net
+    out = run(["dvc", "exp", "run", "-S", "refine.method=irn", "-S", "refine.irn.epochs=1",
+               "-S", "refine.irn.batch_size=8", "-S", "refine.irn.bg_threshold=0.6", "-n", "tiny-irn-bg"],
+              tiny_run).stdout
+    assert "Stage 'relations' didn't change, skipping" in out and "Running stage 'refine'" in out
     # the same relation-net recipe on V2's CAMs (refine.map=cam): relations re-trains, seeds reused
     out = run(["dvc", "exp", "run", "-S", "refine.method=irn", "-S", "refine.irn.epochs=1",
                "-S", "refine.irn.batch_size=8", "-S", "refine.map=cam", "-n", "tiny-irn-cam"], tiny_run).stdout
