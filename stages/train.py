@@ -5,6 +5,7 @@ import numpy as np
 
 from dvclive import Live
 from wsss import artifacts, io, runtime
+from wsss.checkpoint import Checkpointer
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
@@ -40,8 +41,16 @@ def main() -> None:
                                      ramp_epochs=p.loss.ramp_epochs))
     print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
           f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
-    with Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False) as live:
-        summary = fit(model, train_set, val_set, tc, device, live)
+    # what makes a checkpoint this run's: everything that shapes training, and the data
+    shaping = to_dict(p)
+    for key in ("resume", "num_workers"):
+        shaping["train"].pop(key)
+    fingerprint = {"params": {k: shaping[k] for k in ("seed", "model", "loss", "train")},
+                   "splits": [p.data.train_split, p.data.cls_split], "data": manifest["fingerprint"]}
+    checkpoint = Checkpointer(artifacts.CHECKPOINT, fingerprint)
+    resume = checkpoint.load() if t.resume == "auto" else None
+    with Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False, resume=resume is not None) as live:
+        summary = fit(model, train_set, val_set, tc, device, live, checkpoint=checkpoint, resume=resume)
     scores, _ = predict_scores(model, val_set, device, t.batch_size, t.num_workers, t.amp)
     io.save_weights(artifacts.WEIGHTS, model.state_dict(), metadata={"version": cfg.version})
     io.save_npz(artifacts.VAL_SCORES, scores=scores.astype(np.float32), ids=np.array(val_ids))
@@ -50,6 +59,7 @@ def main() -> None:
     io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "seed_map": seed_map, "summary": summary,
                                          "pretrained": {"source": p.model.pretrained, **weights_info},
                                          "params": to_dict(p), "versions": runtime.versions()})
+    checkpoint.clear()
 
 
 if __name__ == "__main__":

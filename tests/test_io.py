@@ -217,3 +217,42 @@ def test_cams_file_without_cam(tmp_path):
     io.save_npz(path, keys=np.array([1], dtype=np.int16))
     with pytest.raises(ArtifactError, match="not a seed-map file"):
         artifacts.load_cams(path)
+
+
+def _evil_bytes(target) -> bytes:
+    import pickle
+
+    return pickle.dumps({"w": torch.zeros(1), "x": Malicious(target)})
+
+
+@pytest.mark.parametrize("where", ["cams", "val_scores", "weights", "relation_weights", "manifest",
+                                   "weights_as_torch_file"])
+def test_pulled_artifacts_that_are_malicious_pickles_are_refused(tmp_path, monkeypatch, where):
+    """What a teammate's remote could hand over, in every place a stage reads from: a pickle whose
+    unpickling would run a shell command. Each loader refuses it, naming the file; nothing runs."""
+    from wsss.models import ModelConfig
+
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "PWNED"
+    cfg = ModelConfig(version="v1", backbone="swin_demo", num_classes=3, img_size=64)
+    io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "seed_map": "cam"})
+    io.write_json(artifacts.RELATION_INFO, {"trained": True})
+    paths = {"cams": artifacts.cam_path("train", "x"), "val_scores": artifacts.VAL_SCORES,
+             "weights": artifacts.WEIGHTS, "relation_weights": artifacts.RELATION_WEIGHTS,
+             "manifest": artifacts.MANIFEST, "weights_as_torch_file": tmp_path / "ckpt.pt"}
+    loaders = {"cams": lambda: artifacts.load_cams(paths["cams"]),
+               "val_scores": lambda: io.load_npz(paths["val_scores"]),
+               "weights": lambda: artifacts.load_model(),
+               "relation_weights": lambda: artifacts.load_relation_net(dim=8),
+               "manifest": lambda: artifacts.load_manifest(),
+               "weights_as_torch_file": lambda: io.load_weights(paths["weights_as_torch_file"])}
+    if where == "relation_weights":   # a sound classifier, a malicious head
+        from wsss.models import build_model
+
+        io.save_weights(artifacts.WEIGHTS, build_model(cfg).state_dict())
+    paths[where].parent.mkdir(parents=True, exist_ok=True)
+    paths[where].write_bytes(_evil_bytes(target))
+    with pytest.raises(ArtifactError) as info:
+        loaders[where]()
+    assert str(paths[where]) in str(info.value)
+    assert not target.exists()

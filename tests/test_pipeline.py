@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +30,10 @@ def _merge(base: dict, over: dict) -> dict:
     return base
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", WSSS_DEVICE="cpu",
                DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@localhost")
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@localhost", **(env or {}))
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -97,6 +99,70 @@ def test_repro_is_deterministic_and_cached(tiny_run: Path):
     run(["dvc", "repro"], tiny_run)
     assert (tiny_run / "models/model.safetensors").read_bytes() == weights
     assert (tiny_run / "metrics/evaluate.json").read_text() == before
+
+
+@pytest.fixture
+def s3_server():
+    """A local S3-protocol server (moto) on 127.0.0.1 with an empty bucket; yields (url, env)."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        pytest.skip(f"no local S3 server: {exc} (pip install 'moto[server]' dvc-s3)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - any failure to listen means: skip, saying why
+        pytest.skip(f"the local S3 server (moto) could not start on 127.0.0.1:{port}: {exc}")
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="team")
+    yield endpoint, env
+    server.stop()
+
+
+def _round_trip(repo: Path, clone: Path, url: str, env: dict, endpoint: str | None = None) -> dict:
+    """repo: dvc repro done. Set the remote, commit, push; clone, pull, check nothing is left to do."""
+    run(["dvc", "remote", "add", "-f", "-d", "team", url], repo)
+    if endpoint:
+        run(["dvc", "remote", "modify", "team", "endpointurl", endpoint], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline results and the team remote"], repo)
+    start = time.perf_counter()
+    run(["dvc", "push"], repo, env=env)
+    pushed = time.perf_counter() - start
+    run(["git", "clone", "-q", str(repo), str(clone)], clone.parent)
+    start = time.perf_counter()
+    run(["dvc", "pull"], clone, env=env)
+    pulled = time.perf_counter() - start
+    status = run(["dvc", "status"], clone).stdout
+    # only the always-changed prepare stage (it hashes the data) is ever listed
+    assert [ln.strip() for ln in status.splitlines() if ln.strip()] == ["prepare:", "always changed"], status
+    out = run(["dvc", "repro"], clone, env=env).stdout
+    for stage in ("train", "cams", "relations", "refine", "evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, out
+    assert run(["dvc", "metrics", "show", "--json"], clone).stdout == run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert (clone / "models/model.safetensors").read_bytes() == (repo / "models/model.safetensors").read_bytes()
+    return {"push_s": pushed, "pull_s": pulled}
+
+
+@pytest.mark.slow
+def test_team_round_trip_local_remote(tiny_run: Path, tmp_path: Path):
+    """One clone runs the pipeline and pushes to a directory remote; a fresh clone pulls and has
+    nothing left to do, with the same metrics."""
+    times = _round_trip(tiny_run, tmp_path / "clone", str(tmp_path / "store"), {})
+    print(f"local remote: push {times['push_s']:.1f} s, pull {times['pull_s']:.1f} s")
+
+
+@pytest.mark.slow
+def test_team_round_trip_s3_remote(tiny_run: Path, tmp_path: Path, s3_server):
+    endpoint, env = s3_server
+    times = _round_trip(tiny_run, tmp_path / "clone", "s3://team/wsss", env, endpoint)
+    print(f"S3 remote (moto): push {times['push_s']:.1f} s, pull {times['pull_s']:.1f} s")
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ from . import artifacts
 from .config import ParamsError
 from .data.manifest import resolve_root
 from .data.voc import DataError
+from .checkpoint import CheckpointError
 from .io import ArtifactError
 from .models.swin import BackboneError
 from .training import TrainingError
 
-KNOWN_FAULTS = (ParamsError, DataError, ArtifactError, BackboneError, TrainingError)
+KNOWN_FAULTS = (ParamsError, DataError, ArtifactError, BackboneError, TrainingError, CheckpointError)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:

@@ -144,6 +144,7 @@ SCHEMA: dict[str, Any] = {
         "min_lr_ratio": Field(FLOAT, _fraction, "cosine floor as a fraction of the peak lr"),
         "num_workers": Field(INT, _non_negative),
         "amp": Field(BOOL, None, "mixed precision on CUDA (ignored on CPU)"),
+        "resume": Field(STR, _choice("auto", "never"), "auto: continue an interrupted run from checkpoints/"),
         "cls_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32",
                           "whole-image size for classification scoring"),
     },

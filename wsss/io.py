@@ -63,6 +63,8 @@ def read_json(path: str | Path):
         raise ArtifactError(f"{path}: not found (run the stage that makes it: dvc repro)") from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON, not even UTF-8 text (binary data?): {exc}") from None
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from . import losses, metrics
+from .checkpoint import Checkpointer, restore
 
 
 class TrainingError(RuntimeError):
@@ -103,11 +104,15 @@ def predict_scores(model: nn.Module, dataset: Dataset, device: torch.device, bat
 
 
 def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
-        device: torch.device, live=None, cls_batch_size: int | None = None) -> dict:
+        device: torch.device, live=None, cls_batch_size: int | None = None,
+        checkpoint: Checkpointer | None = None, resume: dict | None = None) -> dict:
     """Train ``model`` in place; return the last epoch's summary (loss, lr, val mAP).
 
     ``live`` is a DVCLive ``Live`` (or None): every step logs each loss term and the lr, every
-    epoch logs the epoch's mean loss and the validation mAP.
+    epoch logs the epoch's mean loss and the validation mAP. ``checkpoint`` saves the state at
+    the end of every epoch; ``resume`` (a loaded checkpoint) continues from its epoch: with the
+    sample order and augmentation drawn from (seed, epoch, index), the result is the same as an
+    uninterrupted run's.
     """
     model.to(device).train()
     sampler = EpochShuffle(len(train_set), cfg.seed)
@@ -124,8 +129,12 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     summary: dict = {}
-    step = 0
-    for epoch in range(cfg.epochs):
+    step, first_epoch = 0, 0
+    if resume is not None:
+        restore(resume, model, optimizer, schedule, scaler)
+        step, first_epoch, summary = resume["step"], resume["epoch"], resume["summary"]
+        tqdm.write(f"resuming after epoch {first_epoch} (step {step})")
+    for epoch in range(first_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
@@ -170,4 +179,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
             for k in ("map_per_image", "map_per_class"):
                 if k in summary:
                     live.log_metric(f"epoch/val_{k}", summary[k])
+        if checkpoint is not None:
+            checkpoint.save(epoch=epoch + 1, step=step, model=model, optimizer=optimizer, scheduler=schedule,
+                            scaler=scaler, summary=summary)
     return summary

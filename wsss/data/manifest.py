@@ -83,8 +83,9 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
             files.append(voc.mask_path(root, i))
     if (root / "classes.txt").exists():
         files.append(root / "classes.txt")
+    # no paths in here: the manifest (a DVC output) must hash the same in every clone, wherever
+    # the project and the data live, or a teammate's pulled pipeline would all re-run
     return {
-        "root": str(root),
         "classes": list(classes),
         "splits": split_ids,
         "labels": {i: records[i]["labels"] for i in ids},

@@ -1,0 +1,86 @@
+"""Resumable training: an end-of-epoch checkpoint and the check that it belongs to this run.
+
+``checkpoints/last.pt`` holds model, optimizer, scheduler and gradient-scaler states, the epoch
+and step reached, torch's RNG states, the last epoch summary, and a *fingerprint*: the
+parameters that shape training and the data's fingerprint, as JSON. It is written atomically at
+the end of every epoch, loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings
+only: nothing in it can run code), and deleted once the trained model is saved, so only an
+interrupted run leaves one behind. DVC keeps the folder across runs (``persist: true``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import io
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be resumed (another run's, or unreadable)."""
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} in the checkpoint, {vb!r} now")
+    return out
+
+
+class Checkpointer:
+    """Save / load / clear the checkpoint of one training run identified by ``fingerprint``."""
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path, self.fingerprint = Path(path), fingerprint
+
+    def save(self, *, epoch: int, step: int, model, optimizer, scheduler, scaler, summary: dict) -> None:
+        state = {
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "epoch": epoch, "step": step, "summary": json.dumps(summary),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        with io.atomic_path(self.path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict | None:
+        """The checkpoint's state, or None when there is none. Refuses another run's checkpoint
+        (naming what differs) and one that is not plain weights and numbers."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{self.path}: refused: not loadable with weights_only=True "
+                                  f"(a pickle with code, or corrupt): {exc}") from None
+        saved = json.loads(state.get("fingerprint", "{}"))
+        differences = _diff(saved, self.fingerprint)
+        if differences:
+            raise CheckpointError(
+                f"{self.path} was made by a run with other parameters or data ({'; '.join(differences[:5])}): "
+                f"delete it to start afresh, or set train.resume: never")
+        state["summary"] = json.loads(state["summary"])
+        return state
+
+    def clear(self) -> None:
+        """The run is complete: drop the checkpoint (the folder stays, DVC tracks it)."""
+        self.path.unlink(missing_ok=True)
+        io.write_json(self.path.parent / "status.json", {"checkpoint": None, "note": "the last run completed"})
+
+
+def restore(state: dict, model, optimizer, scheduler, scaler) -> None:
+    """Put a loaded checkpoint's states back into the training objects (and torch's RNG)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
