@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 
 #: row name -> (description, -S overrides)
 ROWS = {
@@ -68,7 +69,7 @@ def queue(rows: list[str], extra: list[str], dry: bool) -> None:
 
 def collect() -> dict[str, dict]:
     """Experiment name -> flat metrics of metrics/evaluate.json."""
-    data = json.loads(dvc("exp", "show", "--json", "--no-fetch"))
+    data = json.loads(dvc("exp", "show", "--json", "--no-fetch", "--all-commits"))
     found = {}
     for commit in data:
         for exp in [commit, *(commit.get("experiments") or [])]:
@@ -81,16 +82,20 @@ def collect() -> dict[str, dict]:
     return found
 
 
+def _get(found: dict[str, dict], row: str, *path: str):
+    """found[row][path[0]][path[1]]..., or None where any level is missing."""
+    v = found.get(row)
+    for key in path:
+        v = None if v is None else v.get(key)
+    return v
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
 def tables(found: dict[str, dict]) -> str:
-    def get(row, *path):
-        v = found.get(row)
-        for p in path:
-            v = None if v is None else v.get(p)
-        return v
+    get = partial(_get, found)
 
     out = ["Table 1 analogue: classification mAP on the val split (%)", "",
            "| model | mAP per image | mAP per class |", "|---|---|---|"]
@@ -111,11 +116,7 @@ def tables(found: dict[str, dict]) -> str:
 
 
 def refine_table(found: dict[str, dict]) -> str:
-    def get(row, *path):
-        v = found.get(row)
-        for p in path:
-            v = None if v is None else v.get(p)
-        return v
+    get = partial(_get, found)
 
     out = ["Refinement: seed and pseudo-label mIoU on the train split (%)", "",
            "| seeds | seed mIoU (as evaluate scores them) | none | CRF | IRN |", "|---|---|---|---|---|"]
