@@ -1,10 +1,12 @@
 """Stage `train`: train the SWTformer classifier; save safetensors weights and val scores."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 
 from dvclive import Live
-from wsss import artifacts, io, runtime
+from wsss import artifacts, distributed, io, runtime
 from wsss.checkpoint import Checkpointer
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params, to_dict
@@ -22,7 +24,8 @@ def main() -> None:
     classes, labels = manifest["classes"], manifest["labels"]
     t = p.train
     runtime.seed_everything(p.seed)
-    device = runtime.device()
+    device = distributed.setup(runtime.device())   # several processes under torchrun: DDP
+    main_process = distributed.is_main()
     cfg = ModelConfig(version=p.model.version, backbone=p.model.backbone, num_classes=len(classes),
                       img_size=t.crop_size, head_kernel=p.model.head_kernel,
                       drop_path_rate=p.model.drop_path_rate, class_names=classes,
@@ -49,8 +52,14 @@ def main() -> None:
                    "splits": [p.data.train_split, p.data.cls_split], "data": manifest["fingerprint"]}
     checkpoint = Checkpointer(artifacts.CHECKPOINT, fingerprint)
     resume = checkpoint.load() if t.resume == "auto" else None
-    with Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False, resume=resume is not None) as live:
-        summary = fit(model, train_set, val_set, tc, device, live, checkpoint=checkpoint, resume=resume)
+    logger = (Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
+              if main_process else nullcontext())
+    with logger as live:
+        summary = fit(model, train_set, val_set, tc, device, live,
+                      checkpoint=checkpoint if main_process else None, resume=resume)
+    if not main_process:     # the first process writes the outputs
+        distributed.cleanup()
+        return
     scores, _ = predict_scores(model, val_set, device, t.batch_size, t.num_workers, t.amp)
     io.save_weights(artifacts.WEIGHTS, model.state_dict(), metadata={"version": cfg.version})
     io.save_npz(artifacts.VAL_SCORES, scores=scores.astype(np.float32), ids=np.array(val_ids))
@@ -60,6 +69,7 @@ def main() -> None:
                                          "pretrained": {"source": p.model.pretrained, **weights_info},
                                          "params": to_dict(p), "versions": runtime.versions()})
     checkpoint.clear()
+    distributed.cleanup()
 
 
 if __name__ == "__main__":

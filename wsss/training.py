@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from . import losses, metrics
+from . import distributed
 from .checkpoint import Checkpointer, restore
 
 
@@ -39,20 +40,31 @@ class TrainConfig:
 
 
 class EpochShuffle(Sampler[int]):
-    """A fresh permutation each epoch from ``(seed, epoch)``: the order repeats run after run."""
+    """A fresh permutation each epoch from ``(seed, epoch)``: the order repeats run after run.
 
-    def __init__(self, n: int, seed: int):
+    Distributed: the permutation is cut into global batches of ``global_batch`` and process
+    ``rank`` of ``world`` takes its contiguous share of each (batches of global_batch / world),
+    so N processes see together exactly the batches one process sees; the incomplete last
+    global batch is dropped (as one process's ``drop_last``).
+    """
+
+    def __init__(self, n: int, seed: int, global_batch: int = 1, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.global_batch, self.rank, self.world = global_batch, rank, world
+        self.share = global_batch // world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        for k in range(self.n // self.global_batch):
+            start = k * self.global_batch + self.rank * self.share
+            yield from order[start:start + self.share]
 
     def __len__(self) -> int:
-        return self.n
+        return (self.n // self.global_batch) * self.share
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
@@ -115,9 +127,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
     uninterrupted run's.
     """
     model.to(device).train()
-    sampler = EpochShuffle(len(train_set), cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+    rank, world = distributed.rank_and_world()
+    if cfg.batch_size % world:
+        raise TrainingError(f"train.batch_size={cfg.batch_size} (the global batch) does not split over {world} processes")
+    sampler = EpochShuffle(len(train_set), cfg.seed, cfg.batch_size, rank, world)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    net = distributed.wrap(model, device)   # DDP when several processes: gradients averaged over all
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch "
@@ -139,11 +155,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=rank > 0)
         for x, y, _ in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(x, y)
+                out = net(x, y)
             terms = losses.total_loss(out, y, cfg.loss.at(step / steps_per_epoch))
             loss = terms["total"]
             if not torch.isfinite(loss):
@@ -168,6 +184,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
                 live.log_metric("train/lr", lr)
                 live.next_step()
         summary = {"epoch": epoch + 1, "loss": sums["total"] / steps_per_epoch, "lr": lr}
+        if rank > 0:     # logging, validation and checkpoints are the first process's
+            continue
         if val_set is not None:
             s, y = predict_scores(model, val_set, device, cls_batch_size or cfg.batch_size, cfg.num_workers,
                                   cfg.amp, desc="val mAP")

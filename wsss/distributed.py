@@ -1,0 +1,54 @@
+"""Several processes (torchrun): process-group set-up, DDP wrapping, who does the single-copy work.
+
+``torchrun --nproc_per_node=N -m stages.train`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``;
+:func:`setup` then joins the group (NCCL on CUDA, gloo on CPU) and gives each process its
+device. One process (``WORLD_SIZE`` unset or 1) is the plain single-device run: nothing here
+changes it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+def setup(default_device: torch.device) -> torch.device:
+    """Join the process group if torchrun started several processes; this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return default_device
+    if default_device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return default_device
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def is_main() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around ``model`` in a process group, else ``model`` itself.
+    Unused parameters are allowed: V2's fusion branch gets no gradient when its losses weigh 0."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
