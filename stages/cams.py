@@ -1,10 +1,13 @@
-"""Stage `cams`: multi-scale + flip seed maps for every image of cams.splits, and previews."""
+"""Stage `cams`: multi-scale + flip seed maps for every image of cams.splits, and previews.
+
+With ``cams.nproc`` > 1 (or under torchrun) every process takes every world-th image of each
+split and writes its own files: the outputs are the one-process outputs."""
 from __future__ import annotations
 
 from tqdm import tqdm
 
-from wsss import artifacts, io, runtime
-from wsss.cli import data_root, run_stage
+from wsss import artifacts, distributed, io, runtime
+from wsss.cli import data_root, ran_on_processes, run_stage
 from wsss.config import load_params
 from wsss.data import voc
 from wsss.inference import multiscale_maps
@@ -13,14 +16,19 @@ from wsss.viz import cam_panel, png_bytes
 
 def main() -> None:
     p = load_params()
+    if ran_on_processes(p.cams.nproc, "cams.nproc", "stages.cams"):
+        return
     manifest = artifacts.load_manifest()
     root = data_root(p)
-    device = runtime.device()
+    device = distributed.setup(runtime.device())
+    rank, world = distributed.rank_and_world()
     model = artifacts.load_model(device)
     classes = manifest["classes"]
     previews = set(manifest["splits"][p.data.seed_split][: p.cams.num_previews])
     for split in p.cams.splits:
-        for image_id in tqdm(manifest["splits"][split], desc=f"cams {split}", unit="img"):
+        ids = distributed.shard(manifest["splits"][split])
+        desc = f"cams {split}" + (f" (process 1 of {world})" if world > 1 else "")
+        for image_id in tqdm(ids, desc=desc, unit="img", disable=rank > 0):
             image = voc.read_image(voc.image_path(root, image_id))
             keys = manifest["labels"][image_id]
             maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, amp=p.train.amp)
@@ -30,6 +38,7 @@ def main() -> None:
                 panel = cam_panel(image, maps, keys, classes, gt)
                 io.write_bytes(artifacts.PREVIEWS / f"{image_id}.png", png_bytes(panel))
                 previews.discard(image_id)
+    distributed.cleanup()
 
 
 if __name__ == "__main__":

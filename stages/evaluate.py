@@ -62,7 +62,8 @@ def main() -> None:
     io.write_json(artifacts.METRICS / "run.json", {"versions": runtime.versions(), "split": split, "seed_map": lead,
                                                    "refine": refine_info,
                                                    "images": len(manifest["splits"][split])})
-    # both columns always (dvc.yaml plots both): a V1 run has no R-CAM, its rcam_fg cells are empty
+    # both columns always (dvc.yaml plots both): a V1 run has no R-CAM, its rcam_fg cells are NaN
+    # (which the plots leave out; an empty cell would be drawn as 0)
     fg_curve = dict(seeds["rcam_fg"]["curve"]) if "rcam_fg" in seeds else {}
     io.write_text(artifacts.PLOTS / "seed_sweep.csv", "threshold,cam,rcam_fg\n" + "".join(
         f"{t:.4f},{m:.6f},{_f(fg_curve.get(t))}\n" for t, m in cam["curve"]))
@@ -76,7 +77,7 @@ def main() -> None:
 
 
 def _f(x) -> str:
-    return "" if x is None else f"{x:.6f}"
+    return "NaN" if x is None else f"{x:.6f}"
 
 
 if __name__ == "__main__":

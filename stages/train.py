@@ -8,7 +8,7 @@ import numpy as np
 from dvclive import Live
 from wsss import artifacts, distributed, io, runtime
 from wsss.checkpoint import Checkpointer
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_root, ran_on_processes, run_stage
 from wsss.config import load_params, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
 from wsss.losses import LossWeights
@@ -19,6 +19,8 @@ from wsss.training import TrainConfig, fit, predict_scores
 
 def main() -> None:
     p = load_params()
+    if ran_on_processes(p.train.nproc, "train.nproc", "stages.train"):
+        return
     manifest = artifacts.load_manifest()
     root = data_root(p)
     classes, labels = manifest["classes"], manifest["labels"]
@@ -46,7 +48,7 @@ def main() -> None:
           f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
     # what makes a checkpoint this run's: everything that shapes training, and the data
     shaping = to_dict(p)
-    for key in ("resume", "num_workers"):
+    for key in ("resume", "num_workers", "nproc"):   # how, not what: a run may resume on more GPUs
         shaping["train"].pop(key)
     fingerprint = {"params": {k: shaping[k] for k in ("seed", "model", "loss", "train")},
                    "splits": [p.data.train_split, p.data.cls_split], "data": manifest["fingerprint"]}

@@ -188,6 +188,8 @@ def test_irn_confident_thresholds_ordered(tmp_path, raw):
     ("train.lr", 0),
     ("seed", -1),
     ("model.pretrained", "   "),
+    ("train.nproc", 0),
+    ("cams.nproc", 0),
 ])
 def test_bad_values_named(tmp_path, raw, key, value):
     msg = load_error(tmp_path, mutated(raw, key, value))
@@ -198,6 +200,7 @@ def test_bad_values_named(tmp_path, raw, key, value):
     ("data.demo.min_size", 300, "data.demo.min_size"),       # > max_size 256
     ("data.demo.num_train", 1000, "data.demo.num_train"),    # > num_train_aug
     ("evaluate.threshold_start", 0.99, "evaluate.threshold_start"),
+    ("train.nproc", 3, "train.batch_size"),                  # 16 does not split over 3
 ])
 def test_cross_checks(tmp_path, raw, key, value, named):
     msg = load_error(tmp_path, mutated(raw, key, value))

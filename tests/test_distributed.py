@@ -1,15 +1,18 @@
-"""Several processes: the distributed sampler splits exactly one process's batches, and two CPU
-processes (torchrun, gloo, DDP) train to the weights one process gets with the same global batch."""
+"""Several processes: the distributed sampler splits exactly one process's batches, two CPU
+processes (torchrun, gloo, DDP) train to the weights one process gets with the same global batch,
+and the cams stage shared out over two processes writes the one-process outputs."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from test_pipeline import BIN, TINY, copy_repo, run
-from wsss import io
+from wsss import distributed, io
 from wsss.training import EpochShuffle
 
 
@@ -41,3 +44,54 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     worst = max((one[k].float() - two[k].float()).abs().max().item() for k in one)
     print(f"max |one process - two processes| over all weights: {worst:.3g}")
     assert worst < 1e-4
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (7, 3), (2, 4)])
+def test_shards_partition_the_items(monkeypatch, n, world):
+    items = [f"img{i}" for i in range(n)]
+    shards = []
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "rank_and_world", lambda r=rank: (r, world))
+        shards.append(distributed.shard(items))
+    assert sorted(sum(shards, [])) == sorted(items)                     # every item once
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1           # balanced
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (0, 1))
+    assert distributed.shard(items) == items
+
+
+def test_launch_only_from_a_plain_run(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.launch(1, "stages.cams") is None                 # one process: do it here
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launch(2, "stages.cams") is None                 # torchrun started us already
+    t = torch.tensor([1.0, 3.0])
+    assert distributed.mean(t) is t and t.tolist() == [1.0, 3.0]        # no group: unchanged
+
+
+@pytest.mark.slow
+def test_cams_shared_over_two_processes_match_one_process(tmp_path: Path):
+    """cams.nproc=2 launches torchrun; each process writes every other image's maps and its previews."""
+    repo = copy_repo(tmp_path / "repo", TINY)
+    for stage in ("prepare", "train", "cams"):
+        run([sys.executable, "-m", f"stages.{stage}"], repo, env={"OMP_NUM_THREADS": "1"})
+    (repo / "cams").rename(repo / "cams_one")
+    (repo / "previews").rename(repo / "previews_one")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["cams"]["nproc"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run([sys.executable, "-m", "stages.cams"], repo)
+    assert "launching 2 processes" in proc.stderr
+    one = sorted(p.relative_to(repo / "cams_one") for p in (repo / "cams_one").rglob("*.npz"))
+    two = sorted(p.relative_to(repo / "cams") for p in (repo / "cams").rglob("*.npz"))
+    assert one == two and len(one) == 12 + 40
+    worst = 0.0
+    for rel in one:
+        a, b = np.load(repo / "cams_one" / rel), np.load(repo / "cams" / rel)
+        assert a.files == b.files
+        for k in a.files:
+            assert a[k].shape == b[k].shape
+            worst = max(worst, float(np.abs(a[k].astype(np.float64) - b[k]).max()))
+    print(f"max |one process - two processes| over all seed maps: {worst:.3g}")
+    assert worst == 0.0     # same arithmetic per image (one thread each): bit-identical
+    assert sorted(p.name for p in (repo / "previews").iterdir()) == \
+        sorted(p.name for p in (repo / "previews_one").iterdir())

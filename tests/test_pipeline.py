@@ -72,7 +72,7 @@ def test_repro_produces_scored_seeds(tiny_run: Path):
     assert 0.0 <= m["cam"]["threshold"] <= 0.95
     assert 0.0 < m["cls"]["map_per_image"] <= 1.0
     sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
-    assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21 and sweep[1].endswith(",")
+    assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21 and sweep[1].endswith(",NaN")
     assert max(float(r.split(",")[1]) for r in sweep[1:]) == pytest.approx(m["seed"]["miou"], abs=1e-6)
     # refine.method none: the CAM cut at refine.bg_threshold (0.5) is the sweep's point at 0.5
     at_half = next(float(r.split(",")[1]) for r in sweep[1:] if r.startswith("0.5000,"))
@@ -261,6 +261,50 @@ def test_irn_refinement_experiment(tiny_run: Path):
     assert "Stage 'cams' didn't change, skipping" in out
     assert json.loads((tiny_run / "relations/relations.json").read_text())["map"] == "cam"
     assert 0.0 < json.loads((tiny_run / "metrics/evaluate.json").read_text())["pseudo"]["miou"] <= 1.0
+
+
+# README "Comparing experiments": the columns of the focused `dvc exp show`
+EXP_COLUMNS = (r"^(Experiment|rev|seed\.(miou|map)|pseudo\.miou|cls\.map_per_(image|class)|"
+               r"model\.(version|backbone)|loss\.w_(gsc|ccl)|train\.epochs|refine\.(method|map))$")
+
+
+@pytest.mark.slow
+def test_experiment_views(tiny_run: Path, tmp_path: Path):
+    """After the experiments above: README's `dvc exp show` lists each one's seed mIoU, mAP and
+    key params (matching its metrics), and `dvc plots show` renders the training curves, the
+    threshold sweep and the per-class IoU."""
+    import csv
+    import io as text_io
+
+    out = run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", EXP_COLUMNS], tiny_run).stdout
+    rows = list(csv.DictReader(text_io.StringIO(out)))
+    assert set(rows[0]) == {"Experiment", "rev", "seed.miou", "seed.map", "pseudo.miou", "cls.map_per_image",
+                            "cls.map_per_class", "model.version", "model.backbone", "loss.w_gsc", "loss.w_ccl",
+                            "train.epochs", "refine.method", "refine.map"}
+    named = {r["Experiment"]: r for r in rows if r["Experiment"]}
+    assert {"tiny-v2", "tiny-crf", "tiny-irn", "tiny-irn-cam"} <= set(named)
+    assert named["tiny-v2"]["model.version"] == "v2" and named["tiny-v2"]["seed.map"] == "rcam"
+    assert named["tiny-crf"]["refine.method"] == "crf" and named["tiny-irn-cam"]["refine.map"] == "cam"
+    workspace = next(r for r in rows if r["rev"] == "workspace")
+    m = json.loads((tiny_run / "metrics/evaluate.json").read_text())   # the last experiment's
+    assert float(workspace["seed.miou"]) == pytest.approx(m["seed"]["miou"])
+    assert float(workspace["cls.map_per_image"]) == pytest.approx(m["cls"]["map_per_image"])
+    # the plots: dvc.yaml's two seed plots and DVCLive's training curves, rendered to HTML
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], tiny_run).stdout)["data"]
+    curves = {f"dvclive/train/plots/metrics/{c}.tsv" for c in
+              ("epoch/loss", "epoch/val_map_per_image", "epoch/val_map_per_class", "train/lr",
+               "train/loss_cls", "train/loss_gsc", "train/loss_ccl", "train/loss_total")}
+    assert set(shown) == {"Seed mIoU vs background threshold", "Seed IoU per class (best threshold)"} | curves
+    # the V2 workspace: both sweeps drawn; per-class bars hold one bar per class
+    sweep = shown["Seed mIoU vs background threshold"][0]["content"]["data"]["values"]
+    assert {r["field"] for r in sweep} == {"cam", "rcam_fg"} and len(sweep) == 2 * 20
+    bars = shown["Seed IoU per class (best threshold)"][0]["content"]["data"]["values"]
+    per_class = json.loads((tiny_run / "metrics/per_class.json").read_text())
+    assert [r["class"] for r in bars] == list(per_class[per_class["seed_map"]])
+    html = tmp_path / "plots"
+    run(["dvc", "plots", "show", "-o", str(html)], tiny_run)
+    page = (html / "index.html").read_text()
+    assert "Seed IoU per class" in page and "val_map_per_image" in page
 
 
 @pytest.mark.parametrize("override, culprit", [

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts
+from . import artifacts, distributed
 from .config import ParamsError
 from .data.manifest import resolve_root
 from .data.voc import DataError
@@ -28,6 +28,19 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
+def ran_on_processes(nproc: int, key: str, module: str) -> bool:
+    """With ``nproc`` > 1 (the param ``key``), run ``python -m module`` on that many processes
+    through torchrun and return True: they did the stage's work. False: do it in this process.
+    A failed process ends this one with its exit code (its own message is already printed)."""
+    try:
+        code = distributed.launch(nproc, module)
+    except ValueError as exc:
+        raise ParamsError(f"'{key}': {exc}") from None
+    if code:
+        sys.exit(code)
+    return code is not None
 
 
 def data_root(p: SimpleNamespace, project_dir: Path | None = None) -> Path:

@@ -145,6 +145,7 @@ SCHEMA: dict[str, Any] = {
         "num_workers": Field(INT, _non_negative),
         "amp": Field(BOOL, None, "mixed precision on CUDA (ignored on CPU)"),
         "resume": Field(STR, _choice("auto", "never"), "auto: continue an interrupted run from checkpoints/"),
+        "nproc": Field(INT, _positive, "processes (torchrun, DDP; one GPU each on CUDA); batch_size is their global batch"),
         "cls_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32",
                           "whole-image size for classification scoring"),
     },
@@ -153,6 +154,7 @@ SCHEMA: dict[str, Any] = {
         "scales": Field(LIST, _scales),
         "flip": Field(BOOL),
         "num_previews": Field(INT, _non_negative),
+        "nproc": Field(INT, _positive, "processes (torchrun) the images are shared out over; one GPU each on CUDA"),
     },
     "refine": {
         "method": Field(STR, _choice("none", "crf", "irn"), "none = seeds cut at bg_threshold | crf | irn"),
@@ -232,6 +234,9 @@ def _cross_checks(p: SimpleNamespace, source: str) -> None:
     if p.refine.method == "irn" and p.data.train_split not in p.cams.splits:
         raise ParamsError(f"{source}: 'refine.method' irn trains on the seeds of data.train_split: add "
                           f"'{p.data.train_split}' to cams.splits")
+    if p.train.batch_size % p.train.nproc:
+        raise ParamsError(f"{source}: 'train.batch_size' {p.train.batch_size} (the global batch) must split evenly "
+                          f"over train.nproc={p.train.nproc} processes")
     if p.refine.irn.conf_fg < p.refine.irn.conf_bg:
         raise ParamsError(f"{source}: 'refine.irn.conf_fg' must be >= refine.irn.conf_bg")
     if p.data.demo.min_size > p.data.demo.max_size:

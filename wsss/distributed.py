@@ -8,10 +8,31 @@ changes it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+
+T = TypeVar("T")
+
+
+def launch(nproc: int, module: str) -> int | None:
+    """Start ``python -m module`` on ``nproc`` processes through torchrun and return its exit code.
+
+    None when this process is to do the work itself: ``nproc`` is 1, or torchrun already started
+    it. On CUDA every process takes a GPU of its own, so ``nproc`` may not exceed their number.
+    """
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return None
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ValueError(f"{nproc} processes but {torch.cuda.device_count()} CUDA devices")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
+    print(f"launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def setup(default_device: torch.device) -> torch.device:
@@ -33,6 +54,20 @@ def rank_and_world() -> tuple[int, int]:
 
 def is_main() -> bool:
     return rank_and_world()[0] == 0
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items``: every world-th item from its rank (all of them alone)."""
+    rank, world = rank_and_world()
+    return list(items[rank::world])
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """``t`` averaged over the processes (in place, and returned); ``t`` itself when alone."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

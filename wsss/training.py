@@ -162,9 +162,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
                 out = net(x, y)
             terms = losses.total_loss(out, y, cfg.loss.at(step / steps_per_epoch))
             loss = terms["total"]
-            if not torch.isfinite(loss):
+            # the global batch's terms (the mean of the processes' shares): every process logs and
+            # checks the same numbers, so a NaN on one of them stops all of them together
+            names = list(terms)
+            values = dict(zip(names, distributed.mean(torch.stack([terms[k].detach().float() for k in names])).tolist()))
+            if not math.isfinite(values["total"]):
                 raise TrainingError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"loss is {values['total']} at epoch {epoch + 1}, step {step + 1} "
                     f"(lr {optimizer.param_groups[0]['lr']:.3g}): training stopped. Lower train.lr, "
                     f"check the data, or turn train.amp off.")
             optimizer.zero_grad(set_to_none=True)
@@ -173,7 +177,6 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
             scaler.update()
             schedule.step()
             step += 1
-            values = {k: float(v.detach()) for k, v in terms.items()}
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             lr = optimizer.param_groups[0]["lr"]
