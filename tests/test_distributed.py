@@ -95,3 +95,15 @@ def test_cams_shared_over_two_processes_match_one_process(tmp_path: Path):
     assert worst == 0.0     # same arithmetic per image (one thread each): bit-identical
     assert sorted(p.name for p in (repo / "previews").iterdir()) == \
         sorted(p.name for p in (repo / "previews_one").iterdir())
+
+
+def test_more_processes_than_gpus_refused_naming_the_key(monkeypatch):
+    from wsss.cli import ran_on_processes
+    from wsss.config import ParamsError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ParamsError, match=r"'train.nproc': 2 processes but 1 CUDA devices"):
+        ran_on_processes(2, "train.nproc", "stages.train")
+    assert ran_on_processes(1, "train.nproc", "stages.train") is False

@@ -307,6 +307,18 @@ def test_experiment_views(tiny_run: Path, tmp_path: Path):
     assert "Seed IoU per class" in page and "val_map_per_image" in page
 
 
+@pytest.mark.slow
+def test_temp_experiment_reuses_the_classifier(tiny_run: Path):
+    """An experiment in a temporary copy (`--temp`, as `--queue` runs them) finds the trained
+    classifier and seeds in the cache: the copy's data manifest hashes the same as the workspace's.
+    (The copy starts from git: dvc.lock is committed first, as a team does.)"""
+    run(["git", "add", "-A"], tiny_run)
+    run(["git", "commit", "-qm", "results"], tiny_run)
+    out = run(["dvc", "exp", "run", "--temp", "-S", "refine.bg_threshold=0.4", "-n", "tiny-temp"], tiny_run).stdout
+    assert "Stage 'train' didn't change, skipping" in out and "Stage 'cams' didn't change, skipping" in out
+    assert "Running stage 'refine'" in out
+
+
 @pytest.mark.parametrize("override, culprit", [
     ({"model": {"version": "v3"}}, "model.version"),
     ({"cams": {"scales": [1.0, 0]}}, "cams.scales"),
