@@ -7,7 +7,7 @@ import numpy as np
 
 from dvclive import Live
 from wsss import artifacts, distributed, io, runtime
-from wsss.checkpoint import Checkpointer
+from wsss.checkpoint import Checkpointer, rewind_live
 from wsss.cli import data_root, ran_on_processes, run_stage
 from wsss.config import load_params, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
@@ -41,22 +41,26 @@ def main() -> None:
     val_set = WholeImages(root, val_ids, labels, len(classes), t.cls_size)
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_mult=t.head_lr_mult,
                      weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, min_lr_ratio=t.min_lr_ratio,
-                     num_workers=t.num_workers, amp=t.amp, seed=p.seed,
+                     num_workers=t.num_workers, amp=t.amp, seed=p.seed, checkpoint_every=t.checkpoint_every,
                      loss=LossWeights(w_gsc=p.loss.w_gsc, w_ccl=p.loss.w_ccl, ccl=p.loss.ccl,
                                      ramp_epochs=p.loss.ramp_epochs))
     print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
           f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
     # what makes a checkpoint this run's: everything that shapes training, and the data
     shaping = to_dict(p)
-    for key in ("resume", "num_workers", "nproc"):   # how, not what: a run may resume on more GPUs
+    for key in ("resume", "num_workers", "nproc", "checkpoint_every"):   # how, not what: e.g. resume on more GPUs
         shaping["train"].pop(key)
     fingerprint = {"params": {k: shaping[k] for k in ("seed", "model", "loss", "train")},
                    "splits": [p.data.train_split, p.data.cls_split], "data": manifest["fingerprint"]}
     checkpoint = Checkpointer(artifacts.CHECKPOINT, fingerprint)
     resume = checkpoint.load() if t.resume == "auto" else None
-    logger = (Live(dir="dvclive/train", dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
+    if resume is not None and main_process:
+        rewind_live(artifacts.TRAIN_LIVE / "plots/metrics", resume["step"])
+    logger = (Live(dir=str(artifacts.TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
               if main_process else nullcontext())
     with logger as live:
+        if resume is not None and live is not None:
+            live.step = resume["step"]      # DVCLive would go on from the last step it logged
         summary = fit(model, train_set, val_set, tc, device, live,
                       checkpoint=checkpoint if main_process else None, resume=resume)
     if not main_process:     # the first process writes the outputs

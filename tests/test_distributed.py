@@ -27,6 +27,22 @@ def test_ranks_share_each_global_batch(n, batch, world):
     assert all(len(s) == len(shares[0]) for s in shares)    # every process takes as many steps
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_skipped_batches_resume_the_same_order(world):
+    """A run resumed after 3 of an epoch's batches goes on with the 4th, on any number of processes."""
+    n, batch, skip = 43, 8, 3
+    whole = list(EpochShuffle(n, seed=1, global_batch=batch))
+    for rank in range(world):
+        sampler = EpochShuffle(n, seed=1, global_batch=batch, rank=rank, world=world)
+        sampler.set_epoch(0, skip)
+        full = EpochShuffle(n, seed=1, global_batch=batch, rank=rank, world=world)
+        share = batch // world
+        assert list(sampler) == list(full)[skip * share:] and len(sampler) == len(list(sampler))
+    one = EpochShuffle(n, seed=1, global_batch=batch)
+    one.set_epoch(0, skip)
+    assert list(one) == whole[skip * batch:]
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path: Path):
     """Same global batch (8) on one process and split 4 + 4 over two DDP processes on CPU:

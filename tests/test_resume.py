@@ -1,5 +1,6 @@
-"""Resumable training: a killed CPU run continues from its checkpoint to the same weights as an
-uninterrupted run; another run's checkpoint is refused, naming what differs."""
+"""Resumable training: a killed CPU run continues from its checkpoint (end of an epoch, or within
+one) to the same weights and the same DVCLive curves as an uninterrupted run; another run's
+checkpoint is refused, naming what differs."""
 from __future__ import annotations
 
 import json
@@ -13,17 +14,19 @@ import pytest
 import torch
 
 from test_pipeline import TINY, _merge, copy_repo, run
-from wsss.checkpoint import CheckpointError, Checkpointer
+from wsss.checkpoint import CheckpointError, Checkpointer, rewind_live
 
 EPOCHS = {"train": {"epochs": 4}}
+# drop path on: the resumed run must also continue torch's RNG stream where it stopped
+STOCHASTIC = {"model": {"drop_path_rate": 0.1}}
 
 
 def _train_cmd() -> list[str]:
     return [sys.executable, "-m", "stages.train"]
 
 
-def _kill_after_first_checkpoint(repo: Path, timeout: float = 300) -> int:
-    """Start training, SIGKILL it as soon as an end-of-epoch checkpoint exists; its epoch."""
+def _kill_after_first_checkpoint(repo: Path, timeout: float = 300) -> tuple[int, int]:
+    """Start training, SIGKILL it as soon as a checkpoint exists; its (epochs done, batches done)."""
     import os
 
     env = dict(os.environ, WSSS_DEVICE="cpu")
@@ -36,12 +39,15 @@ def _kill_after_first_checkpoint(repo: Path, timeout: float = 300) -> int:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return torch.load(ckpt, weights_only=True)["epoch"]
+    state = torch.load(ckpt, weights_only=True)
+    return state["epoch"], state["batch"]
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_weights(tmp_path: Path):
-    tiny = _merge(json.loads(json.dumps(TINY)), EPOCHS)
+@pytest.mark.parametrize("every, where", [(0, "end of epoch 1"), (2, "epoch 1, after batch 2 of 5")])
+def test_killed_training_resumes_to_the_same_weights(tmp_path: Path, every: int, where: str):
+    tiny = {**_merge(json.loads(json.dumps(TINY)), EPOCHS), **STOCHASTIC}
+    tiny["train"]["checkpoint_every"] = every
     whole = copy_repo(tmp_path / "whole", tiny)
     run([sys.executable, "-m", "stages.prepare"], whole)
     run(_train_cmd(), whole)
@@ -49,15 +55,24 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path: Path):
 
     broken = copy_repo(tmp_path / "broken", tiny)
     run([sys.executable, "-m", "stages.prepare"], broken)
-    epoch = _kill_after_first_checkpoint(broken)
-    assert 1 <= epoch < 4 and not (broken / "models/model.safetensors").exists()
+    epoch, batch = _kill_after_first_checkpoint(broken)
+    # 40 images, batch 8: 5 steps an epoch; the first checkpoint is at the end of epoch 1, or
+    # (checkpoint_every 2) at step 2, within it
+    assert (epoch, batch) == ((1, 0) if every == 0 else (0, 2)), where
+    assert not (broken / "models/model.safetensors").exists()
     out = run(_train_cmd(), broken)
-    assert f"resuming after epoch {epoch}" in out.stdout + out.stderr
+    assert f"resuming at epoch {epoch + 1}, batch {batch}" in out.stdout + out.stderr
     a = (whole / "models/model.safetensors").read_bytes()
     b = (broken / "models/model.safetensors").read_bytes()
     assert a == b, "resumed weights differ from the uninterrupted run's"
     assert (whole / "models/val_scores.npz").read_bytes() == (broken / "models/val_scores.npz").read_bytes()
     assert not (broken / "checkpoints/last.pt").exists()
+    # the DVCLive curves too: every step once, same values (what the killed run logged after its
+    # checkpoint was rewound before resuming)
+    curves = sorted(p.relative_to(whole) for p in (whole / "dvclive/train/plots/metrics").rglob("*.tsv"))
+    assert len(curves) == 6
+    for rel in curves:
+        assert (whole / rel).read_text() == (broken / rel).read_text(), rel
 
 
 @pytest.mark.slow
@@ -112,3 +127,18 @@ def test_checkpoint_that_is_a_malicious_pickle_is_refused(tmp_path: Path):
     with pytest.raises(CheckpointError, match="refused"):
         Checkpointer(path, {}).load()
     assert not target.exists()
+
+
+def test_rewind_live_drops_rows_logged_after_the_checkpoint(tmp_path: Path):
+    """Per-step curves keep steps < the checkpoint's, per-epoch curves keep steps <= it."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "epoch").mkdir()
+    (tmp_path / "train/loss.tsv").write_text("step\tloss\n" + "".join(f"{s}\t0.{s}\n" for s in range(8)))
+    (tmp_path / "epoch/loss.tsv").write_text("step\tloss\n3\t0.5\n6\t0.4\n")
+    rewind_live(tmp_path, 6)       # an end-of-epoch checkpoint after 6 steps: epoch 2's row stays
+    assert (tmp_path / "train/loss.tsv").read_text().splitlines()[1:] == [f"{s}\t0.{s}" for s in range(6)]
+    assert (tmp_path / "epoch/loss.tsv").read_text().splitlines() == ["step\tloss", "3\t0.5", "6\t0.4"]
+    rewind_live(tmp_path, 4)       # within epoch 2, after 4 steps
+    assert [ln.split("\t")[0] for ln in (tmp_path / "train/loss.tsv").read_text().splitlines()] == \
+        ["step", "0", "1", "2", "3"]
+    assert (tmp_path / "epoch/loss.tsv").read_text().splitlines() == ["step\tloss", "3\t0.5"]

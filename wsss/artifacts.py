@@ -36,6 +36,7 @@ MODEL_INFO = MODELS / "model.json"
 VAL_SCORES = MODELS / "val_scores.npz"
 CHECKPOINTS = Path("checkpoints")
 CHECKPOINT = CHECKPOINTS / "last.pt"
+TRAIN_LIVE = Path("dvclive/train")           # DVCLive's training log (metrics.json, plots/metrics/*/*.tsv)
 CAMS = Path("cams")
 PREVIEWS = Path("previews")
 PSEUDO = Path("pseudo")

@@ -1,9 +1,10 @@
-"""Resumable training: an end-of-epoch checkpoint and the check that it belongs to this run.
+"""Resumable training: the checkpoint of a run in progress and the check that it belongs to this run.
 
-``checkpoints/last.pt`` holds model, optimizer, scheduler and gradient-scaler states, the epoch
-and step reached, torch's RNG states, the last epoch summary, and a *fingerprint*: the
+``checkpoints/last.pt`` holds model, optimizer, scheduler and gradient-scaler states, the place
+reached (epochs completed, batches of the next epoch done, global step) with the running loss
+sums of that epoch, torch's RNG states, the last epoch summary, and a *fingerprint*: the
 parameters that shape training and the data's fingerprint, as JSON. It is written atomically at
-the end of every epoch, loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings
+the end of every epoch (and every ``train.checkpoint_every`` steps), loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings
 only: nothing in it can run code), and deleted once the trained model is saved, so only an
 interrupted run leaves one behind. DVC keeps the folder across runs (``persist: true``).
 """
@@ -38,10 +39,13 @@ class Checkpointer:
     def __init__(self, path: Path, fingerprint: dict):
         self.path, self.fingerprint = Path(path), fingerprint
 
-    def save(self, *, epoch: int, step: int, model, optimizer, scheduler, scaler, summary: dict) -> None:
+    def save(self, *, epoch: int, step: int, model, optimizer, scheduler, scaler, summary: dict,
+             batch: int = 0, sums: dict | None = None) -> None:
+        """``epoch`` epochs complete and ``batch`` batches of the next one (``sums``: their loss sums)."""
         state = {
             "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
-            "epoch": epoch, "step": step, "summary": json.dumps(summary),
+            "epoch": epoch, "batch": batch, "step": step, "summary": json.dumps(summary),
+            "sums": json.dumps(sums or {}),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -67,6 +71,8 @@ class Checkpointer:
                 f"{self.path} was made by a run with other parameters or data ({'; '.join(differences[:5])}): "
                 f"delete it to start afresh, or set train.resume: never")
         state["summary"] = json.loads(state["summary"])
+        state["sums"] = json.loads(state.get("sums", "{}"))
+        state.setdefault("batch", 0)
         return state
 
     def clear(self) -> None:
@@ -84,3 +90,20 @@ def restore(state: dict, model, optimizer, scheduler, scaler) -> None:
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def rewind_live(plots_dir: Path, step: int) -> None:
+    """Drop what DVCLive logged after a checkpoint taken at ``step``, before resuming from it.
+
+    ``plots_dir`` holds DVCLive's ``<group>/<name>.tsv`` curves (a ``step`` column first). The
+    per-step curves (``train/``) keep the rows before ``step``; the per-epoch ones (``epoch/``),
+    logged at the step an epoch ends, keep those up to it: an end-of-epoch checkpoint is taken
+    after its epoch's row. The resumed run logs the rest again, so no step appears twice.
+    """
+    for tsv in Path(plots_dir).glob("*/*.tsv"):
+        lines = tsv.read_text().splitlines()
+        last = step if tsv.parent.name == "epoch" else step - 1
+        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split("\t", 1)[0]) <= last]
+        if len(kept) < len(lines):
+            io.write_text(tsv, "\n".join(kept) + "\n")
+

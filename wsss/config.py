@@ -145,6 +145,7 @@ SCHEMA: dict[str, Any] = {
         "num_workers": Field(INT, _non_negative),
         "amp": Field(BOOL, None, "mixed precision on CUDA (ignored on CPU)"),
         "resume": Field(STR, _choice("auto", "never"), "auto: continue an interrupted run from checkpoints/"),
+        "checkpoint_every": Field(INT, _non_negative, "also checkpoint every this many steps within an epoch (0: epoch ends only)"),
         "nproc": Field(INT, _positive, "processes (torchrun, DDP; one GPU each on CUDA); batch_size is their global batch"),
         "cls_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32",
                           "whole-image size for classification scoring"),

@@ -37,6 +37,7 @@ class TrainConfig:
     amp: bool
     seed: int
     loss: losses.LossWeights = losses.LossWeights()
+    checkpoint_every: int = 0    # also checkpoint every this many steps within an epoch (0: epoch ends only)
 
 
 class EpochShuffle(Sampler[int]):
@@ -45,26 +46,27 @@ class EpochShuffle(Sampler[int]):
     Distributed: the permutation is cut into global batches of ``global_batch`` and process
     ``rank`` of ``world`` takes its contiguous share of each (batches of global_batch / world),
     so N processes see together exactly the batches one process sees; the incomplete last
-    global batch is dropped (as one process's ``drop_last``).
+    global batch is dropped (as one process's ``drop_last``). ``skip`` global batches at the start
+    of the epoch are left out: a run resumed within an epoch continues with the batch it was at.
     """
 
     def __init__(self, n: int, seed: int, global_batch: int = 1, rank: int = 0, world: int = 1):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.share = global_batch // world
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
-        for k in range(self.n // self.global_batch):
+        for k in range(self.skip, self.n // self.global_batch):
             start = k * self.global_batch + self.rank * self.share
             yield from order[start:start + self.share]
 
     def __len__(self) -> int:
-        return (self.n // self.global_batch) * self.share
+        return max(0, self.n // self.global_batch - self.skip) * self.share
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
@@ -122,19 +124,23 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
 
     ``live`` is a DVCLive ``Live`` (or None): every step logs each loss term and the lr, every
     epoch logs the epoch's mean loss and the validation mAP. ``checkpoint`` saves the state at
-    the end of every epoch; ``resume`` (a loaded checkpoint) continues from its epoch: with the
-    sample order and augmentation drawn from (seed, epoch, index), the result is the same as an
-    uninterrupted run's.
+    the end of every epoch (and every ``cfg.checkpoint_every`` steps within one); ``resume`` (a
+    loaded checkpoint) continues from the epoch and batch it reached: with the sample order and
+    augmentation drawn from (seed, epoch, index) and torch's RNG restored, the result is the
+    same as an uninterrupted run's.
     """
     model.to(device).train()
     rank, world = distributed.rank_and_world()
     if cfg.batch_size % world:
         raise TrainingError(f"train.batch_size={cfg.batch_size} (the global batch) does not split over {world} processes")
     sampler = EpochShuffle(len(train_set), cfg.seed, cfg.batch_size, rank, world)
+    # the loader's own generator: starting an epoch's iterator (which draws worker seeds) leaves
+    # torch's global RNG (drop path) alone, so a run resumed within an epoch stays on its stream
     loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed))
     net = distributed.wrap(model, device)   # DDP when several processes: gradients averaged over all
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(loader)     # (sampler at skip 0)
     if steps_per_epoch == 0:
         raise TrainingError(f"the training split has {len(train_set)} images, fewer than one batch "
                             f"of train.batch_size={cfg.batch_size}")
@@ -145,18 +151,26 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     summary: dict = {}
-    step, first_epoch = 0, 0
+    step, first_epoch, first_batch, partial = 0, 0, 0, {}
     if resume is not None:
         restore(resume, model, optimizer, schedule, scaler)
         step, first_epoch, summary = resume["step"], resume["epoch"], resume["summary"]
-        tqdm.write(f"resuming after epoch {first_epoch} (step {step})")
+        first_batch, partial = resume["batch"], resume["sums"]
+        tqdm.write(f"resuming at epoch {first_epoch + 1}, batch {first_batch} (step {step})")
+
+    def save(epoch_done: int, batch: int, sums: dict) -> None:
+        checkpoint.save(epoch=epoch_done, batch=batch, step=step, sums=sums, model=model, optimizer=optimizer,
+                        scheduler=schedule, scaler=scaler, summary=summary)
+
     for epoch in range(first_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+        skip = first_batch if epoch == first_epoch else 0
+        sampler.set_epoch(epoch, skip)
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=rank > 0)
-        for x, y, _ in bar:
+        sums: dict[str, float] = dict(partial) if epoch == first_epoch else {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=rank > 0,
+                   initial=skip, total=steps_per_epoch)
+        for batch, (x, y, _) in enumerate(bar, start=skip + 1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 out = net(x, y)
@@ -186,6 +200,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
                     live.log_metric(f"train/loss_{k}", v)
                 live.log_metric("train/lr", lr)
                 live.next_step()
+            if (checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                    and batch < steps_per_epoch):
+                save(epoch, batch, sums)     # within the epoch (its end is saved below, after validation)
         summary = {"epoch": epoch + 1, "loss": sums["total"] / steps_per_epoch, "lr": lr}
         if rank > 0:     # logging, validation and checkpoints are the first process's
             continue
@@ -201,6 +218,5 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
                 if k in summary:
                     live.log_metric(f"epoch/val_{k}", summary[k])
         if checkpoint is not None:
-            checkpoint.save(epoch=epoch + 1, step=step, model=model, optimizer=optimizer, scheduler=schedule,
-                            scaler=scaler, summary=summary)
+            save(epoch + 1, 0, {})
     return summary
