@@ -7,7 +7,7 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from wsss import artifacts, distributed, io, runtime
-from wsss.cli import data_root, ran_on_processes, run_stage
+from wsss.cli import data_root, launch_processes, run_stage
 from wsss.config import load_params
 from wsss.data import voc
 from wsss.inference import multiscale_maps
@@ -16,14 +16,15 @@ from wsss.viz import cam_panel, png_bytes
 
 def main() -> None:
     p = load_params()
-    if ran_on_processes(p.cams.nproc, "cams.nproc", "stages.cams"):
-        return
+    launch_processes(p.cams.nproc, "cams.nproc", "stages.cams")     # > 1: torchrun takes over from here
     manifest = artifacts.load_manifest()
     root = data_root(p)
     device = distributed.setup(runtime.device())
     rank, world = distributed.rank_and_world()
     model = artifacts.load_model(device)
     classes = manifest["classes"]
+    # previews: the first images of the seed split, drawn with their ground truth while that split
+    # is processed (by whichever process holds them there), whatever other split also lists them
     previews = set(manifest["splits"][p.data.seed_split][: p.cams.num_previews])
     for split in p.cams.splits:
         ids = distributed.shard(manifest["splits"][split])
@@ -33,11 +34,10 @@ def main() -> None:
             keys = manifest["labels"][image_id]
             maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, amp=p.train.amp)
             artifacts.save_cams(artifacts.cam_path(split, image_id), keys, maps)
-            if image_id in previews:
-                gt = voc.read_mask(voc.mask_path(root, image_id)) if split == p.data.seed_split else None
+            if split == p.data.seed_split and image_id in previews:
+                gt = voc.read_mask(voc.mask_path(root, image_id))
                 panel = cam_panel(image, maps, keys, classes, gt)
                 io.write_bytes(artifacts.PREVIEWS / f"{image_id}.png", png_bytes(panel))
-                previews.discard(image_id)
     distributed.cleanup()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from dvclive import Live
 from wsss import artifacts, distributed, io, runtime
 from wsss.checkpoint import Checkpointer, rewind_live
-from wsss.cli import data_root, ran_on_processes, run_stage
+from wsss.cli import data_root, launch_processes, run_stage
 from wsss.config import load_params, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
 from wsss.losses import LossWeights
@@ -19,8 +19,7 @@ from wsss.training import TrainConfig, fit, predict_scores
 
 def main() -> None:
     p = load_params()
-    if ran_on_processes(p.train.nproc, "train.nproc", "stages.train"):
-        return
+    launch_processes(p.train.nproc, "train.nproc", "stages.train")     # > 1: torchrun takes over from here
     manifest = artifacts.load_manifest()
     root = data_root(p)
     classes, labels = manifest["classes"], manifest["labels"]

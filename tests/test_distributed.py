@@ -75,26 +75,48 @@ def test_shards_partition_the_items(monkeypatch, n, world):
     assert distributed.shard(items) == items
 
 
-def test_launch_only_from_a_plain_run(monkeypatch):
+def test_launch_hands_over_to_torchrun_only_from_a_plain_run(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.os, "execv", lambda path, argv: calls.append((path, argv)))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed.launch(1, "stages.cams") is None                 # one process: do it here
+    cpu = torch.device("cpu")
+    distributed.launch(1, "stages.cams", cpu)                   # one process: do it here
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert distributed.launch(2, "stages.cams") is None                 # torchrun started us already
+    distributed.launch(2, "stages.cams", cpu)                   # torchrun started us already
+    assert calls == []
+    monkeypatch.delenv("WORLD_SIZE")
+    distributed.launch(3, "stages.cams", cpu)                   # CPU: gloo, any number of processes
+    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                       "--nproc_per_node=3", "-m", "stages.cams"])]
     t = torch.tensor([1.0, 3.0])
     assert distributed.mean(t) is t and t.tolist() == [1.0, 3.0]        # no group: unchanged
 
 
+def _set_params(repo: Path, **sections) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.mark.slow
 def test_cams_shared_over_two_processes_match_one_process(tmp_path: Path):
-    """cams.nproc=2 launches torchrun; each process writes every other image's maps and its previews."""
+    """cams.nproc=2 hands the stage to torchrun; each process writes every other image's maps and
+    the previews it holds in the seed split. train_aug first: a preview image is at other places
+    in the two splits, so another process may hold it there (it must not be drawn without GT)."""
     repo = copy_repo(tmp_path / "repo", TINY)
-    for stage in ("prepare", "train", "cams"):
+    _set_params(repo, cams={"splits": ["train_aug", "train"]})
+    run([sys.executable, "-m", "stages.prepare"], repo)
+    # a failing process fails the stage: no model yet
+    _set_params(repo, cams={"nproc": 2})
+    failed = run([sys.executable, "-m", "stages.cams"], repo, check=False)
+    assert failed.returncode != 0 and "cams: error:" in failed.stderr and "models/model.json" in failed.stderr
+    _set_params(repo, cams={"nproc": 1})
+    for stage in ("train", "cams"):
         run([sys.executable, "-m", f"stages.{stage}"], repo, env={"OMP_NUM_THREADS": "1"})
     (repo / "cams").rename(repo / "cams_one")
     (repo / "previews").rename(repo / "previews_one")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["cams"]["nproc"] = 2
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _set_params(repo, cams={"nproc": 2})
     proc = run([sys.executable, "-m", "stages.cams"], repo)
     assert "launching 2 processes" in proc.stderr
     one = sorted(p.relative_to(repo / "cams_one") for p in (repo / "cams_one").rglob("*.npz"))
@@ -109,17 +131,19 @@ def test_cams_shared_over_two_processes_match_one_process(tmp_path: Path):
             worst = max(worst, float(np.abs(a[k].astype(np.float64) - b[k]).max()))
     print(f"max |one process - two processes| over all seed maps: {worst:.3g}")
     assert worst == 0.0     # same arithmetic per image (one thread each): bit-identical
-    assert sorted(p.name for p in (repo / "previews").iterdir()) == \
-        sorted(p.name for p in (repo / "previews_one").iterdir())
+    previews = sorted(p.name for p in (repo / "previews_one").iterdir())
+    assert len(previews) == 2 and previews == sorted(p.name for p in (repo / "previews").iterdir())
+    for name in previews:   # the same panels, ground truth included
+        assert (repo / "previews" / name).read_bytes() == (repo / "previews_one" / name).read_bytes()
 
 
 def test_more_processes_than_gpus_refused_naming_the_key(monkeypatch):
-    from wsss.cli import ran_on_processes
+    from wsss.cli import launch_processes
     from wsss.config import ParamsError
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WSSS_DEVICE", "cuda")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ParamsError, match=r"'train.nproc': 2 processes but 1 CUDA devices"):
-        ran_on_processes(2, "train.nproc", "stages.train")
-    assert ran_on_processes(1, "train.nproc", "stages.train") is False
+        launch_processes(2, "train.nproc", "stages.train")
+    launch_processes(1, "train.nproc", "stages.train")          # one process: nothing to launch

@@ -7,7 +7,7 @@ Layout (relative to the project directory)::
     models/model.safetensors           trained weights
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
-    checkpoints/last.pt                an interrupted training run's last epoch (gone once training ends)
+    checkpoints/last.pt                an interrupted training run's last checkpoint (gone once training ends)
     cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16 and, for V2,
                                        rcam (k+1, H, W) float16 (channel 0 = background)
     previews/<id>.png                  CAM-over-image mosaics

@@ -49,7 +49,8 @@ class Checkpointer:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # this process's GPU only: a run may resume on another number of GPUs
+            "cuda_rng": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
         }
         with io.atomic_path(self.path, suffix=".pt") as tmp:
             torch.save(state, tmp)
@@ -89,7 +90,7 @@ def restore(state: dict, model, optimizer, scheduler, scaler) -> None:
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.cuda.set_rng_state(state["cuda_rng"][0])
 
 
 def rewind_live(plots_dir: Path, step: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts, distributed
+from . import artifacts, distributed, runtime
 from .config import ParamsError
 from .data.manifest import resolve_root
 from .data.voc import DataError
@@ -30,17 +30,14 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
-def ran_on_processes(nproc: int, key: str, module: str) -> bool:
-    """With ``nproc`` > 1 (the param ``key``), run ``python -m module`` on that many processes
-    through torchrun and return True: they did the stage's work. False: do it in this process.
-    A failed process ends this one with its exit code (its own message is already printed)."""
+def launch_processes(nproc: int, key: str, module: str) -> None:
+    """With ``nproc`` > 1 (the param ``key``), hand this stage over to torchrun running
+    ``python -m module`` on that many processes (this call then does not return); else return
+    and do the work here. More processes than GPUs is refused naming ``key``."""
     try:
-        code = distributed.launch(nproc, module)
+        distributed.launch(nproc, module, runtime.device())
     except ValueError as exc:
         raise ParamsError(f"'{key}': {exc}") from None
-    if code:
-        sys.exit(code)
-    return code is not None
 
 
 def data_root(p: SimpleNamespace, project_dir: Path | None = None) -> Path:

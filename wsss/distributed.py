@@ -8,7 +8,6 @@ changes it.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from typing import Sequence, TypeVar
 
@@ -20,19 +19,23 @@ import torch.nn as nn
 T = TypeVar("T")
 
 
-def launch(nproc: int, module: str) -> int | None:
-    """Start ``python -m module`` on ``nproc`` processes through torchrun and return its exit code.
+def launch(nproc: int, module: str, device: torch.device) -> None:
+    """Replace this process by torchrun starting ``python -m module`` on ``nproc`` processes.
 
-    None when this process is to do the work itself: ``nproc`` is 1, or torchrun already started
-    it. On CUDA every process takes a GPU of its own, so ``nproc`` may not exceed their number.
+    Returns (doing nothing) when this process is to do the work itself: ``nproc`` is 1, or
+    torchrun already started it. Otherwise it does not return: torchrun takes over the process,
+    so a signal to the stage (Ctrl-C, a scheduler's SIGTERM) reaches torchrun, which stops the
+    workers, and its exit code is the stage's. On CUDA every process takes a GPU of its own, so
+    ``nproc`` may not exceed their number (ValueError).
     """
     if nproc <= 1 or "WORLD_SIZE" in os.environ:
-        return None
-    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        return
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ValueError(f"{nproc} processes but {torch.cuda.device_count()} CUDA devices")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd).returncode
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
 
 
 def setup(default_device: torch.device) -> torch.device:

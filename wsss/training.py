@@ -157,6 +157,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
         step, first_epoch, summary = resume["step"], resume["epoch"], resume["summary"]
         first_batch, partial = resume["batch"], resume["sums"]
         tqdm.write(f"resuming at epoch {first_epoch + 1}, batch {first_batch} (step {step})")
+    if rank > 0:
+        # a random stream of its own for drop path (all processes were seeded alike, and a resumed
+        # run restored the first process's state); the first keeps the one-process stream. DDP
+        # starts every process from the first one's weights, so the model is the same everywhere.
+        torch.manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + step)
 
     def save(epoch_done: int, batch: int, sums: dict) -> None:
         checkpoint.save(epoch=epoch_done, batch=batch, step=step, sums=sums, model=model, optimizer=optimizer,
