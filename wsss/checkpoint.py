@@ -4,9 +4,10 @@
 reached (epochs completed, batches of the next epoch done, global step) with the running loss
 sums of that epoch, torch's RNG states, the last epoch summary, and a *fingerprint*: the
 parameters that shape training and the data's fingerprint, as JSON. It is written atomically at
-the end of every epoch (and every ``train.checkpoint_every`` steps), loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings
-only: nothing in it can run code), and deleted once the trained model is saved, so only an
-interrupted run leaves one behind. DVC keeps the folder across runs (``persist: true``).
+the end of every epoch (and every ``train.checkpoint_every`` steps), loaded with
+``torch.load(weights_only=True)`` (tensors, numbers, strings only: nothing in it can run code),
+and deleted once the trained model is saved, so only an interrupted run leaves one behind. DVC
+keeps the folder across runs (``persist: true``).
 """
 from __future__ import annotations
 
