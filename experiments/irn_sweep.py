@@ -27,6 +27,7 @@ from wsss.cli import data_root  # noqa: E402
 from wsss.config import load_params, thresholds  # noqa: E402
 from wsss.data import voc  # noqa: E402
 from wsss.metrics import SeedScorer  # noqa: E402
+from wsss.models import trained  # noqa: E402
 from wsss.refine.irn import IRNConfig, Walker  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     root, manifest = data_root(p), artifacts.load_manifest()
     kind = io.read_json(artifacts.RELATION_INFO)["map"]
     device = runtime.device()
-    net = artifacts.load_relation_net(p.refine.irn.dim, device)
+    net = trained.load_relation_net(p.refine.irn.dim, device)
     base = IRNConfig.from_params(p.refine.irn, p.seed)
     split = p.data.seed_split
     data = []

@@ -16,11 +16,10 @@ Experiment names are ``tab-<row>``; re-running queues them again (``dvc exp remo
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from functools import partial
+
+from dvcexp import collect, run_queued
 
 #: row name -> (description, -S overrides)
 ROWS = {
@@ -43,43 +42,8 @@ for _seed, (_what, _sets) in SEEDS.items():
 TABLES = {"paper": [r for r in ROWS if not r.startswith("ref-")], "refine": [r for r in ROWS if r.startswith("ref-")]}
 
 
-def dvc(*args: str, dry: bool = False) -> str:
-    cmd = ["dvc", *args]
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    if dry:
-        return ""
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
 def queue(rows: list[str], extra: list[str], dry: bool) -> None:
-    for row in rows:
-        sets = [a for s in [*ROWS[row][1], *extra] for a in ("-S", s)]
-        dvc("exp", "run", "--queue", "-n", f"tab-{row}", *sets, dry=dry)
-    dvc("queue", "start", "--jobs", "1", dry=dry)
-    if dry:
-        return
-    while True:
-        status = dvc("queue", "status")
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(30)
-    if "Failed" in status:
-        print(status, file=sys.stderr)
-
-
-def collect() -> dict[str, dict]:
-    """Experiment name -> flat metrics of metrics/evaluate.json."""
-    data = json.loads(dvc("exp", "show", "--json", "--no-fetch", "--all-commits"))
-    found = {}
-    for commit in data:
-        for exp in [commit, *(commit.get("experiments") or [])]:
-            for rev in exp.get("revs", [exp]):
-                name = rev.get("name")
-                metrics = (rev.get("data") or {}).get("metrics") or {}
-                values = (metrics.get("metrics/evaluate.json") or {}).get("data")
-                if name and name.startswith("tab-") and values:
-                    found[name[4:]] = values
-    return found
+    run_queued({f"tab-{row}": [*ROWS[row][1], *extra] for row in rows}, dry=dry)
 
 
 def _get(found: dict[str, dict], row: str, *path: str):
@@ -140,7 +104,7 @@ def main(argv=None) -> int:
     if not args.report:
         queue(args.rows or [r for t in names for r in TABLES[t]], args.set, args.dry_run)
     if not args.dry_run:
-        found = collect()
+        found = collect("tab-")
         print("\n\n".join((tables if t == "paper" else refine_table)(found) for t in names))
     return 0
 

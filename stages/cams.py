@@ -7,21 +7,22 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from wsss import artifacts, distributed, io, runtime
-from wsss.cli import data_root, launch_processes, run_stage
+from wsss.cli import data_root, run_stage
 from wsss.config import load_params
 from wsss.data import voc
 from wsss.inference import multiscale_maps
+from wsss.models import trained
 from wsss.viz import cam_panel, png_bytes
 
 
 def main() -> None:
     p = load_params()
-    launch_processes(p.cams.nproc, "cams.nproc", "stages.cams")     # > 1: torchrun takes over from here
+    distributed.launch_stage(p.cams.nproc, "cams.nproc", "stages.cams", runtime.device())   # > 1: torchrun takes over
     manifest = artifacts.load_manifest()
     root = data_root(p)
     device = distributed.setup(runtime.device())
     rank, world = distributed.rank_and_world()
-    model = artifacts.load_model(device)
+    model = trained.load_model(device)
     classes = manifest["classes"]
     # previews: the first images of the seed split, drawn with their ground truth while that split
     # is processed (by whichever process holds them there), whatever other split also lists them

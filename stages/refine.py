@@ -8,6 +8,7 @@ from wsss import artifacts, io, runtime
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params
 from wsss.data import voc
+from wsss.models import trained
 from wsss.refine.crf import CRFConfig
 from wsss.refine.irn import IRNConfig, Walker
 from wsss.refine.run import RefineConfig, label_images, refine_split
@@ -28,7 +29,7 @@ def main() -> None:
     if r.method == "irn":
         device = runtime.device()
         cfg = IRNConfig.from_params(r.irn, p.seed)
-        walker = Walker(artifacts.load_relation_net(cfg.dim, device), kind, cfg, device)
+        walker = Walker(trained.load_relation_net(cfg.dim, device), kind, cfg, device)
         label_images(tasks, walker, workers=1, desc=desc)
     else:
         cfg = RefineConfig(method=r.method, kind=kind, bg_threshold=r.bg_threshold, crf_unary=r.crf.unary,
@@ -37,8 +38,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     record = {"method": r.method, "map": kind, "split": split, "images": len(tasks), "seconds": round(seconds, 2)}
     if r.method == "irn":
-        trained = io.read_json(artifacts.RELATION_INFO)
-        record["relations"] = {k: trained[k] for k in ("split", "images", "confident_pixels", "seconds", "summary")}
+        relations = io.read_json(artifacts.RELATION_INFO)
+        record["relations"] = {k: relations[k] for k in ("split", "images", "confident_pixels", "seconds", "summary")}
     io.write_json(artifacts.PSEUDO / "refine.json", record)
     print(f"refine: {len(tasks)} pseudo labels ({r.method} on the {kind}) in {artifacts.PSEUDO / split} "
           f"in {seconds:.1f} s")

@@ -16,6 +16,7 @@ from wsss import artifacts, io, runtime
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params
 from wsss.data import voc
+from wsss.models import trained
 from wsss.models.relations import RelationNet
 from wsss.refine.crf import CRFConfig
 from wsss.refine.irn import IRNConfig, LabelCrops, train_relations
@@ -49,7 +50,7 @@ def main() -> None:
         lab = voc.read_mask(path)
         counts += [(lab == 0).sum(), ((lab > 0) & (lab < 255)).sum(), (lab == 255).sum()]
     cfg = IRNConfig.from_params(irn, p.seed)
-    net = RelationNet(artifacts.load_model(device), cfg.dim)
+    net = RelationNet(trained.load_model(device), cfg.dim)
     start = time.perf_counter()
     with Live(dir=str(artifacts.RELATIONS / "live"), dvcyaml=None, save_dvc_exp=False) as live:
         summary = train_relations(net, LabelCrops(root, ids, label_paths, cfg), cfg, device, live)

@@ -8,7 +8,7 @@ import numpy as np
 from dvclive import Live
 from wsss import artifacts, distributed, io, runtime
 from wsss.checkpoint import Checkpointer, rewind_live
-from wsss.cli import data_root, launch_processes, run_stage
+from wsss.cli import data_root, run_stage
 from wsss.config import load_params, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
 from wsss.losses import LossWeights
@@ -19,7 +19,7 @@ from wsss.training import TrainConfig, fit, predict_scores
 
 def main() -> None:
     p = load_params()
-    launch_processes(p.train.nproc, "train.nproc", "stages.train")     # > 1: torchrun takes over from here
+    distributed.launch_stage(p.train.nproc, "train.nproc", "stages.train", runtime.device())   # > 1: torchrun takes over
     manifest = artifacts.load_manifest()
     root = data_root(p)
     classes, labels = manifest["classes"], manifest["labels"]
@@ -33,7 +33,8 @@ def main() -> None:
                       hff_dims=p.model.hff_dims, hff_detach=p.model.hff_detach, affinity=p.model.affinity,
                       bg_weight=p.model.bg_weight)
     model = build_model(cfg)
-    weights_info = load_pretrained(model.backbone, p.model.backbone, p.model.pretrained)
+    weights_info = load_pretrained(model.backbone, p.model.backbone, p.model.pretrained,
+                                   partial=p.model.pretrained_partial)
     train_set = TrainCrops(root, manifest["splits"][p.data.train_split], labels, len(classes), t.crop_size,
                            t.resize_long, t.hflip, t.color_jitter, p.seed)
     val_ids = manifest["splits"][p.data.cls_split]
@@ -43,8 +44,12 @@ def main() -> None:
                      num_workers=t.num_workers, amp=t.amp, seed=p.seed, checkpoint_every=t.checkpoint_every,
                      loss=LossWeights(w_gsc=p.loss.w_gsc, w_ccl=p.loss.w_ccl, ccl=p.loss.ccl,
                                      ramp_epochs=p.loss.ramp_epochs))
+    loaded = f"{weights_info['loaded']} tensors loaded"
+    if weights_info.get("partial"):
+        loaded += (f"; partial: {len(weights_info['missing'])} backbone tensors left at init, "
+                   f"{len(weights_info['unexpected'])} unused (listed in models/model.json)")
     print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
-          f"pretrained={p.model.pretrained} ({weights_info['loaded']} tensors loaded)")
+          f"pretrained={p.model.pretrained} ({loaded})")
     # what makes a checkpoint this run's: everything that shapes training, and the data
     shaping = to_dict(p)
     for key in ("resume", "num_workers", "nproc", "checkpoint_every"):   # how, not what: e.g. resume on more GPUs

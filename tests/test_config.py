@@ -244,29 +244,3 @@ def test_thresholds_custom(tmp_path, raw):
     assert thresholds(load_params(write_params(tmp_path, tree))) == [0.2, 0.25, 0.3, 0.35, 0.4]
     tree["evaluate"] = {"threshold_start": 0.3, "threshold_stop": 0.9, "num_thresholds": 1}
     assert thresholds(load_params(write_params(tmp_path, tree))) == [0.3]
-
-
-# keys that say how a stage runs, not what it makes: no stage lists them, so changing them re-runs nothing
-HOW_KEYS = {"train.nproc", "train.num_workers", "train.checkpoint_every", "train.resume", "cams.nproc",
-            "refine.workers"}
-
-
-def _leaves(tree: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in tree.items():
-        out |= _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
-    return out
-
-
-def test_every_param_reaches_a_stage_in_dvc_yaml(raw):
-    """A knob no stage lists would change nothing under `dvc repro`: each leaf of params.yaml is
-    listed by some stage (itself or a section above it), apart from the how-to-run keys."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    listed = {k for st in stages.values() for k in st.get("params", [])}
-    def reached(key: str) -> bool:
-        parts = key.split(".")
-        return any(".".join(parts[:i]) in listed for i in range(1, len(parts) + 1))
-    unlisted = {k for k in _leaves(raw) if not reached(k)}
-    assert unlisted == HOW_KEYS - {k for k in HOW_KEYS if reached(k)}
-    assert not {k for k in HOW_KEYS if k.startswith(("train.", "cams.")) and reached(k)}, \
-        "a how-to-run key re-runs train or cams"

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from test_pipeline import BIN, TINY, copy_repo, run
+from e2e import BIN, TINY, copy_repo, run
 from wsss import distributed, io
 from wsss.training import EpochShuffle
 
@@ -51,6 +51,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     for name, cmd in (("one", [sys.executable, "-m", "stages.train"]),
                       ("two", [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "stages.train"])):
         repo = copy_repo(tmp_path / name, TINY)
+        run([sys.executable, "-m", "stages.demo"], repo)
         run([sys.executable, "-m", "stages.prepare"], repo)
         run(cmd, repo, env={"OMP_NUM_THREADS": "1"})
         weights.append(io.load_weights(repo / "models/model.safetensors"))
@@ -76,8 +77,10 @@ def test_shards_partition_the_items(monkeypatch, n, world):
 
 
 def test_launch_hands_over_to_torchrun_only_from_a_plain_run(monkeypatch):
+    import torch.distributed.run as torchrun
+
     calls = []
-    monkeypatch.setattr(distributed.os, "execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setattr(torchrun, "run", lambda args: calls.append(args))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cpu = torch.device("cpu")
     distributed.launch(1, "stages.cams", cpu)                   # one process: do it here
@@ -85,9 +88,11 @@ def test_launch_hands_over_to_torchrun_only_from_a_plain_run(monkeypatch):
     distributed.launch(2, "stages.cams", cpu)                   # torchrun started us already
     assert calls == []
     monkeypatch.delenv("WORLD_SIZE")
-    distributed.launch(3, "stages.cams", cpu)                   # CPU: gloo, any number of processes
-    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                       "--nproc_per_node=3", "-m", "stages.cams"])]
+    with pytest.raises(SystemExit) as done:                      # CPU: gloo, any number of processes
+        distributed.launch(3, "stages.cams", cpu)
+    assert done.value.code == 0 and len(calls) == 1
+    assert (calls[0].standalone, calls[0].nproc_per_node, calls[0].module, calls[0].training_script) == \
+        (True, "3", True, "stages.cams")
     t = torch.tensor([1.0, 3.0])
     assert distributed.mean(t) is t and t.tolist() == [1.0, 3.0]        # no group: unchanged
 
@@ -106,6 +111,7 @@ def test_cams_shared_over_two_processes_match_one_process(tmp_path: Path):
     in the two splits, so another process may hold it there (it must not be drawn without GT)."""
     repo = copy_repo(tmp_path / "repo", TINY)
     _set_params(repo, cams={"splits": ["train_aug", "train"]})
+    run([sys.executable, "-m", "stages.demo"], repo)
     run([sys.executable, "-m", "stages.prepare"], repo)
     # a failing process fails the stage: no model yet
     _set_params(repo, cams={"nproc": 2})
@@ -138,12 +144,12 @@ def test_cams_shared_over_two_processes_match_one_process(tmp_path: Path):
 
 
 def test_more_processes_than_gpus_refused_naming_the_key(monkeypatch):
-    from wsss.cli import launch_processes
     from wsss.config import ParamsError
+    from wsss.distributed import launch_stage
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setenv("WSSS_DEVICE", "cuda")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cuda = torch.device("cuda")
     with pytest.raises(ParamsError, match=r"'train.nproc': 2 processes but 1 CUDA devices"):
-        launch_processes(2, "train.nproc", "stages.train")
-    launch_processes(1, "train.nproc", "stages.train")          # one process: nothing to launch
+        launch_stage(2, "train.nproc", "stages.train", cuda)
+    launch_stage(1, "train.nproc", "stages.train", cuda)          # one process: nothing to launch

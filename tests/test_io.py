@@ -10,6 +10,7 @@ import torch
 
 from wsss import artifacts, io
 from wsss.io import ArtifactError
+from wsss.models import trained
 
 
 def listing(d):
@@ -242,8 +243,8 @@ def test_pulled_artifacts_that_are_malicious_pickles_are_refused(tmp_path, monke
              "manifest": artifacts.MANIFEST, "weights_as_torch_file": tmp_path / "ckpt.pt"}
     loaders = {"cams": lambda: artifacts.load_cams(paths["cams"]),
                "val_scores": lambda: io.load_npz(paths["val_scores"]),
-               "weights": lambda: artifacts.load_model(),
-               "relation_weights": lambda: artifacts.load_relation_net(dim=8),
+               "weights": lambda: trained.load_model(),
+               "relation_weights": lambda: trained.load_relation_net(dim=8),
                "manifest": lambda: artifacts.load_manifest(),
                "weights_as_torch_file": lambda: io.load_weights(paths["weights_as_torch_file"])}
     if where == "relation_weights":   # a sound classifier, a malicious head

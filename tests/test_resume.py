@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_pipeline import TINY, _merge, copy_repo, run
+from e2e import TINY, _merge, copy_repo, run
 from wsss.checkpoint import CheckpointError, Checkpointer, rewind_live
 
 EPOCHS = {"train": {"epochs": 4}}
@@ -49,11 +49,13 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path: Path, every: int,
     tiny = {**_merge(json.loads(json.dumps(TINY)), EPOCHS), **STOCHASTIC}
     tiny["train"]["checkpoint_every"] = every
     whole = copy_repo(tmp_path / "whole", tiny)
+    run([sys.executable, "-m", "stages.demo"], whole)
     run([sys.executable, "-m", "stages.prepare"], whole)
     run(_train_cmd(), whole)
     assert not (whole / "checkpoints/last.pt").exists()          # a finished run leaves none
 
     broken = copy_repo(tmp_path / "broken", tiny)
+    run([sys.executable, "-m", "stages.demo"], broken)
     run([sys.executable, "-m", "stages.prepare"], broken)
     epoch, batch = _kill_after_first_checkpoint(broken)
     # 40 images, batch 8: 5 steps an epoch; the first checkpoint is at the end of epoch 1, or
@@ -79,6 +81,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path: Path, every: int,
 def test_checkpoint_of_other_params_is_refused(tmp_path: Path):
     tiny = _merge(json.loads(json.dumps(TINY)), EPOCHS)
     repo = copy_repo(tmp_path / "repo", tiny)
+    run([sys.executable, "-m", "stages.demo"], repo)
     run([sys.executable, "-m", "stages.prepare"], repo)
     _kill_after_first_checkpoint(repo)
     params = (repo / "params.yaml").read_text().replace("lr: 0.0005", "lr: 0.0002")

@@ -2,8 +2,9 @@
 
 Layout (relative to the project directory)::
 
-    data/prepared/manifest.json        ids, labels, sizes, classes, counts, data fingerprint
-    data/prepared/VOC2012/             the generated demo (only when data.root is 'demo')
+    data/demo/                         the generated demo set, VOC layout (when data.root names it)
+    data/prepared/manifest.json        ids, labels, sizes, classes, counts, fingerprint of what training reads
+    data/prepared/masks.json           fingerprint of the scored masks (read by cams' previews and evaluate)
     models/model.safetensors           trained weights
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
@@ -25,11 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .models import ModelConfig
+from .errors import ParamsError
 
 PREPARED = Path("data/prepared")
 MANIFEST = PREPARED / "manifest.json"
-DEMO_ROOT = PREPARED / "VOC2012"
+MASKS = PREPARED / "masks.json"
+DEMO_ROOT = Path("data/demo")
 MODELS = Path("models")
 WEIGHTS = MODELS / "model.safetensors"
 MODEL_INFO = MODELS / "model.json"
@@ -65,10 +67,9 @@ def relation_label_path(image_id: str, base: Path = RELATIONS) -> Path:
 
 def seed_kind(map_param: str) -> str:
     """``refine.map`` -> the seed map to refine: 'seed' is the trained model's (model.json)."""
-    from .config import ParamsError
-
-    kind = io.read_json(MODEL_INFO).get("seed_map", "cam") if map_param == "seed" else map_param
-    if kind == "rcam" and load_model_config().version != "v2":
+    info = io.read_json(MODEL_INFO)
+    kind = info.get("seed_map", "cam") if map_param == "seed" else map_param
+    if kind == "rcam" and info.get("config", {}).get("version") != "v2":
         raise ParamsError("params.yaml: 'refine.map' is 'rcam' but the trained model is V1 (no R-CAM): use cam or seed")
     return kind
 
@@ -93,37 +94,3 @@ def load_cams(path: Path, expect_shape: tuple[int, int] | None = None) -> dict[s
     if expect_shape is not None and out["cam"].shape[1:] != tuple(expect_shape):
         raise io.ArtifactError(f"{path}: maps are {out['cam'].shape[1:]}, image is {tuple(expect_shape)}")
     return out
-
-
-def load_model_config(path: Path = MODEL_INFO) -> ModelConfig:
-    info = io.read_json(path)
-    return ModelConfig(**info["config"])
-
-
-def load_model(device=None):
-    """The trained model from ``models/`` (safetensors), in eval mode on ``device``."""
-    from .models import build_model
-
-    cfg = load_model_config()
-    model = build_model(cfg)
-    state = io.load_weights(WEIGHTS)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise io.ArtifactError(f"{WEIGHTS}: does not fit {cfg.version}/{cfg.backbone}: "
-                               f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.to(device or "cpu").eval()
-
-
-def load_relation_net(dim: int, device=None):
-    """The classifier from ``models/`` with the trained boundary head from ``relations/``."""
-    from .models.relations import RelationNet
-
-    info = io.read_json(RELATION_INFO)
-    if not info.get("trained"):
-        raise io.ArtifactError(f"{RELATION_INFO}: no relation net was trained ({info.get('reason', '?')})")
-    net = RelationNet(load_model(device), dim)
-    try:
-        net.head.load_state_dict(io.load_weights(RELATION_WEIGHTS))
-    except RuntimeError as exc:
-        raise io.ArtifactError(f"{RELATION_WEIGHTS}: does not fit a head of dim {dim}: {exc}") from None
-    return net.to(device or "cpu").eval()

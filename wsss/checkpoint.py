@@ -19,8 +19,7 @@ import torch
 from . import io
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be resumed (another run's, or unreadable)."""
+from .errors import CheckpointError  # noqa: F401
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,48 +1,64 @@
-"""What every stage entry point shares: one clear line on a known fault, and the data root."""
+"""What every stage entry point shares: one clear line on a known fault, a full disk or a stop
+(Ctrl-C, SIGTERM, the dvc running the stage gone), and the data root."""
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts, distributed, runtime
-from .config import ParamsError
 from .data.manifest import resolve_root
-from .data.voc import DataError
-from .checkpoint import CheckpointError
-from .io import ArtifactError
-from .models.swin import BackboneError
-from .training import TrainingError
+from .errors import KNOWN_FAULTS
+from .io import out_of_space, out_of_space_message, remove_temporaries
+from .stopping import (StageStopped, catch_stop_signals, close_progress_bars, reason, speaks_for_the_stage,
+                       state, stop_cleanly, stopped_line)
 
-KNOWN_FAULTS = (ParamsError, DataError, ArtifactError, BackboneError, TrainingError, CheckpointError)
+__all__ = ["StageStopped", "data_root", "run_stage", "stop_cleanly"]
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a known fault prints ``<stage>: error: <message>`` and exits 2."""
+    """Run a stage's ``main`` and end with one line on stderr.
+
+    * a known fault: ``<stage>: error: <message>``, exit status 2; a full disk likewise, naming
+      the file (:func:`wsss.io.atomic_path`);
+    * Ctrl-C, SIGTERM or SIGHUP, or the dvc that runs this stage gone (SIGTERM or kill to
+      ``dvc repro`` leaves its stage running otherwise): the stage stops, its temporary files
+      and worker processes go, and it prints ``<stage>: stopped by SIGTERM (outputs of this stage are
+      incomplete; run dvc repro again)``, exit status 128 + the signal's number.
+    """
     start = time.perf_counter()
+    done = catch_stop_signals(name)
     try:
-        main()
-    except KNOWN_FAULTS as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-
-
-def launch_processes(nproc: int, key: str, module: str) -> None:
-    """With ``nproc`` > 1 (the param ``key``), hand this stage over to torchrun running
-    ``python -m module`` on that many processes (this call then does not return); else return
-    and do the work here. More processes than GPUs is refused naming ``key``."""
-    try:
-        distributed.launch(nproc, module, runtime.device())
-    except ValueError as exc:
-        raise ParamsError(f"'{key}': {exc}") from None
+        fault = None
+        try:
+            main()
+        except BaseException as exc:   # noqa: BLE001 - what is not ours to report is raised again
+            if isinstance(exc, StageStopped) and state.signum is None:   # relayed by the stage's code
+                state.signum, state.why = exc.signum, exc.why or reason(exc.signum)
+            if state.signum is None:
+                if isinstance(exc, KNOWN_FAULTS):
+                    fault = str(exc)
+                elif isinstance(exc, Exception) and out_of_space(exc):
+                    fault = out_of_space_message(exc)
+                else:
+                    raise
+        if state.signum is not None:    # also when ``main`` got to its end: dvc must not go on
+            remove_temporaries()        # what a block that swallowed the stop may have left
+            close_progress_bars()
+            if speaks_for_the_stage():
+                with suppress(OSError):     # SIGHUP: the terminal may be gone
+                    print(stopped_line(name, state.why), file=sys.stderr, flush=True)
+            sys.exit(128 + state.signum)
+        if fault is not None:
+            print(f"{name}: error: {fault}", file=sys.stderr)
+            sys.exit(2)
+        print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    finally:
+        done()
 
 
 def data_root(p: SimpleNamespace, project_dir: Path | None = None) -> Path:
-    """The VOC2012 folder the run reads: the generated demo, or ``data.root`` resolved."""
-    project_dir = Path.cwd() if project_dir is None else Path(project_dir)
-    if p.data.root == "demo":
-        return project_dir / artifacts.DEMO_ROOT
-    return resolve_root(p.data.root, project_dir)
+    """The data set's folder, ``data.root`` resolved (the demo's default: ``data/demo``)."""
+    return resolve_root(p.data.root, Path.cwd() if project_dir is None else Path(project_dir))

@@ -17,8 +17,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 
-class ParamsError(ValueError):
-    """A parameter is unknown, missing, of the wrong type or out of range."""
+from .errors import ParamsError  # noqa: F401  (re-exported: wsss.config.ParamsError)
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,16 @@ def _dims(v) -> str | None:
     return None
 
 
+def _root(v) -> str | None:
+    if not v.strip():
+        return "must name the data set's folder (data/demo for the generated demo)"
+    if v.strip() == "demo":
+        return "'demo' is now the folder the demo stage writes: data/demo"
+    if v.startswith("~"):   # DVC would take '~' literally for the ${data.root} dependency
+        return "must be an absolute path or one relative to the project, not starting with '~'"
+    return None
+
+
 def _pretrained(v) -> str | None:
     return None if v.strip() else "must be 'none', 'timm' or a checkpoint path"
 
@@ -99,7 +108,7 @@ _CRF_KERNELS: dict[str, Field] = {
 SCHEMA: dict[str, Any] = {
     "seed": Field(INT, _non_negative, "global seed (data order, augmentation, init)"),
     "data": {
-        "root": Field(STR, None, "'demo' (generated) or the VOC2012 folder, absolute or relative"),
+        "root": Field(STR, _root, "the VOC2012 folder, absolute or relative (data/demo: the generated demo)"),
         "train_split": Field(STR, None, "split the classifier trains on"),
         "seed_split": Field(STR, None, "split where seeds are scored against masks"),
         "cls_split": Field(STR, None, "split where classification mAP is scored"),
@@ -117,6 +126,8 @@ SCHEMA: dict[str, Any] = {
         "version": Field(STR, _choice("v1", "v2"), "SWTformer-V1 or -V2"),
         "backbone": Field(STR, None, "a timm Swin name, or 'swin_nano' (CPU demo)"),
         "pretrained": Field(STR, _pretrained, "none | timm | path to a checkpoint"),
+        "pretrained_partial": Field(BOOL, None, "true: a checkpoint that covers only part of the backbone is "
+                                                  "intended (the rest stays at its random init)"),
         "drop_path_rate": Field(FLOAT, _fraction),
         "head_kernel": Field(INT, lambda v: None if v in (1, 3) else "must be 1 or 3"),
         "hff_dims": Field(LIST, _dims, "V2: channels of the four HFF projections (SIPE: 128 128 256 256)"),
@@ -230,6 +241,9 @@ def _validate(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, s
 
 
 def _cross_checks(p: SimpleNamespace, source: str) -> None:
+    if p.data.cls_split == p.data.train_split:
+        raise ParamsError(f"{source}: 'data.cls_split' must differ from data.train_split '{p.data.train_split}' "
+                          "(mAP would be scored on the images the classifier trained on)")
     if p.data.seed_split not in p.cams.splits:
         raise ParamsError(f"{source}: 'cams.splits' must include data.seed_split '{p.data.seed_split}'")
     if p.refine.method == "irn" and p.data.train_split not in p.cams.splits:

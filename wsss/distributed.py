@@ -15,27 +15,55 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .errors import ParamsError
 
 T = TypeVar("T")
 
 
 def launch(nproc: int, module: str, device: torch.device) -> None:
-    """Replace this process by torchrun starting ``python -m module`` on ``nproc`` processes.
+    """Run ``python -m module`` on ``nproc`` processes under torchrun, in this process, and exit
+    with their outcome.
 
     Returns (doing nothing) when this process is to do the work itself: ``nproc`` is 1, or
-    torchrun already started it. Otherwise it does not return: torchrun takes over the process,
-    so a signal to the stage (Ctrl-C, a scheduler's SIGTERM) reaches torchrun, which stops the
-    workers, and its exit code is the stage's. On CUDA every process takes a GPU of its own, so
-    ``nproc`` may not exceed their number (ValueError).
+    torchrun already started it. Otherwise it does not return: torchrun's agent runs here, stops
+    the workers on a signal (Ctrl-C, a scheduler's SIGTERM) and this process exits 128 + the
+    signal's number, after the first worker printed the stage's one stop line; a failed worker's
+    exit code is the stage's (the worker printed its one-line error). On CUDA every process takes
+    a GPU of its own, so ``nproc`` may not exceed their number (ValueError).
     """
     if nproc <= 1 or "WORLD_SIZE" in os.environ:
         return
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ValueError(f"{nproc} processes but {torch.cuda.device_count()} CUDA devices")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
-    print(f"launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = ["--standalone", f"--nproc_per_node={nproc}", "-m", module]
+    print(f"launching {nproc} processes: torchrun {' '.join(args)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os.execv(sys.executable, cmd)
+    for name in list(logging.root.manager.loggerDict):   # the agent's shutdown chatter: the workers say it
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(get_args_parser().parse_args(args))
+    except SignalException as exc:     # Ctrl-C, SIGTERM: the workers stopped, the first said so
+        raise SystemExit(128 + int(exc.sigval)) from None
+    except ChildFailedError as exc:    # a worker failed, and said why in one line of its own
+        code = exc.get_first_failure()[1].exitcode
+        raise SystemExit(code if code > 0 else 128 - code) from None
+    raise SystemExit(0)
+
+
+def launch_stage(nproc: int, key: str, module: str, device: torch.device) -> None:
+    """:func:`launch` for a stage whose parameter ``key`` holds ``nproc``: more processes than
+    GPUs is a :class:`ParamsError` naming ``key``."""
+    try:
+        launch(nproc, module, device)
+    except ValueError as exc:
+        raise ParamsError(f"'{key}': {exc}") from None
 
 
 def setup(default_device: torch.device) -> torch.device:

@@ -7,9 +7,9 @@ then ``os.replace`` so a reader (or an interrupted run) never sees half a file. 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
@@ -19,27 +19,103 @@ if TYPE_CHECKING:  # torch is imported where weights are handled, not by every r
     import torch
 
 
-class ArtifactError(RuntimeError):
-    """An artifact is missing, unreadable or not what it should be."""
+from .errors import ArtifactError  # noqa: F401
+
+
+#: how a temporary file is made: new, never through a link, mode 0666 less the umask (mkstemp's
+#: 0600 would make artifacts unlike ordinary files)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+#: The temporary files of :func:`atomic_path` blocks in progress, with the process that made each
+#: (a forked worker holds a copy of the table and removes only its own).
+_temporaries: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    However the block ends (an error, Ctrl-C, a stop signal: see :func:`wsss.cli.run_stage`)
+    the temporary file is removed and ``path`` keeps its previous version. A full disk (or
+    quota) is an :class:`ArtifactError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are ordinary files
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            # named (and on the table) before it exists: a signal at any point leaves no file unknown
+            tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}{suffix or '.tmp'}"
+            _temporaries[tmp] = os.getpid()
+            try:
+                os.close(os.open(tmp, _CREATE, 0o666))
+                break
+            except FileExistsError:
+                _temporaries.pop(tmp, None)
+                tmp = None
+        else:
+            raise FileExistsError(f"{path}: no free temporary name beside it")
         yield tmp
         os.replace(tmp, path)
+    except Exception as exc:
+        # checked before the partial file goes: a writer that does not say ENOSPC (torch.save)
+        # still leaves the disk full at this point
+        if not isinstance(exc, ArtifactError) and out_of_space(exc, path.parent):
+            raise ArtifactError(out_of_space_message(exc, path)) from None
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            _temporaries.pop(tmp, None)
+
+
+def remove_temporaries() -> None:
+    """Remove this process's temporary files of :func:`atomic_path` blocks still in progress:
+    for a process about to end without unwinding (``os._exit``), e.g. a worker told to stop."""
+    pid = os.getpid()
+    for tmp, owner in list(_temporaries.items()):
+        if owner == pid:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            _temporaries.pop(tmp, None)
+
+
+_NO_SPACE = {errno.ENOSPC: "no space left on device", getattr(errno, "EDQUOT", -1): "disk quota exceeded"}
+_NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "os error 28")
+_LOW_SPACE = 1 << 20   # bytes: a failed write with less than this left is put down to the full disk
+
+
+def out_of_space(exc: BaseException, directory: str | Path | None = None) -> bool:
+    """Whether ``exc`` comes from a full disk (or quota): ENOSPC / EDQUOT, a writer's message
+    saying so (safetensors), or an I/O-ish failure (torch.save's "unexpected pos") while
+    ``directory``'s file system has next to nothing left."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return True
+    if any(text in str(exc).lower() for text in _NO_SPACE_TEXT):
+        return True
+    if directory is not None and isinstance(exc, (OSError, RuntimeError)):
+        try:
+            st = os.statvfs(directory)
+        except (OSError, AttributeError):   # AttributeError: no statvfs (Windows)
+            return False
+        return st.f_bavail * st.f_frsize < _LOW_SPACE
+    return False
+
+
+def out_of_space_message(exc: BaseException, path: str | Path | None = None) -> str:
+    """One line: what ran out, the file being written (relative to the working directory when
+    inside it), and what to do."""
+    what = _NO_SPACE.get(getattr(exc, "errno", None), None)
+    if what is None:
+        what = "disk quota exceeded" if "quota" in str(exc).lower() else "no space left on device"
+    path = path if path is not None else getattr(exc, "filename", None)
+    where = ""
+    if path is not None:
+        path = Path(os.fsdecode(path))
+        with contextlib.suppress(ValueError):
+            path = path.absolute().relative_to(Path.cwd())
+        where = f" writing {path}"
+    return f"{what}{where} (free some space or move the cache: dvc cache dir)"
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

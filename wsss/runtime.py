@@ -6,12 +6,19 @@ import platform
 import random
 from importlib import metadata
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads in the stages that compute with it; evaluate records versions without it
+    import torch
 
 
-def device() -> torch.device:
+def device() -> "torch.device":
     """CUDA when present (``WSSS_DEVICE`` overrides, e.g. ``cpu``), else CPU."""
+    import torch
+
     forced = os.environ.get("WSSS_DEVICE")
     if forced:
         return torch.device(forced)
@@ -20,6 +27,8 @@ def device() -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -37,17 +46,31 @@ def _version(package: str) -> str:
 
 
 def versions() -> dict:
-    """Versions of the project and the libraries its numbers depend on."""
+    """Versions of the project and the libraries its numbers depend on; where this process
+    computes with torch (it is loaded), also its device, CUDA version and thread count."""
     from . import __version__
 
-    return {
+    out = {
         "wsss": __version__,
-        "torch": torch.__version__,
+        "torch": _version("torch"),
         "timm": _version("timm"),
         "dvc": _version("dvc"),
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "device": str(device()),
-        "cuda": torch.version.cuda or "none",
-        "threads": torch.get_num_threads(),
     }
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        # the CPU's vector instructions pick torch's kernels, whose float sums differ: results are
+        # bit-identical on one machine, not across machines (README "Results on the demo set")
+        out.update({"device": str(device()), "cuda": torch.version.cuda or "none",
+                    "threads": torch.get_num_threads(), "cpu": _cpu_model(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()})
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        return platform.processor() or "unknown"

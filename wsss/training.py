@@ -20,8 +20,7 @@ from . import distributed
 from .checkpoint import Checkpointer, restore
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss is NaN or infinite)."""
+from .errors import TrainingError  # noqa: F401
 
 
 @dataclass

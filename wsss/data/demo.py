@@ -32,7 +32,9 @@ depend on any other image and no global random state is used or changed.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 from xml.sax.saxutils import escape
@@ -421,8 +423,20 @@ def _check_args(seed, n_train_aug, n_train, n_val, min_size, max_size, max_objec
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
 
 
+def _write_sample(i: int, *, root: Path, ids: list[str], seed: int, min_size: int, max_size: int,
+                  max_objects: int) -> list[int]:
+    """Render image ``i`` and write its JPEG, mask and XML; return the classes its mask holds."""
+    img, mask, inst, objects = _render_sample(seed, i, min_size, max_size, max_objects)
+    h, w = mask.shape
+    write_bytes(root / "JPEGImages" / f"{ids[i]}.jpg", _jpeg_bytes(img))
+    write_bytes(root / "SegmentationClass" / f"{ids[i]}.png", palette_png(mask))
+    write_bytes(root / "Annotations" / f"{ids[i]}.xml", _xml_bytes(ids[i], h, w, inst, objects))
+    return [int(k) for k in np.unique(mask) if 0 < k <= len(DEMO_CLASSES)]
+
+
 def generate_demo(root, *, seed: int, n_train_aug: int, n_train: int, n_val: int,
-                  min_size: int, max_size: int, max_objects: int = 3, progress: bool = False) -> dict:
+                  min_size: int, max_size: int, max_objects: int = 3, progress: bool = False,
+                  workers: int = 1) -> dict:
     """Write the demo VOC2012 folder at `root` (a pathlib.Path or str; created; must be empty or absent).
     Returns a small summary dict: {"num_images": int, "splits": {name: count}, "class_counts": {name: count}}.
 
@@ -430,7 +444,8 @@ def generate_demo(root, *, seed: int, n_train_aug: int, n_train: int, n_val: int
     (of which the first ``n_train`` are ``train``), the next ``n_val`` form ``val``. Each image's
     width and height are drawn uniformly from ``[min_size, max_size]`` and it holds
     ``1..max_objects`` objects. ``class_counts`` counts the images in which each class appears
-    (image-level labels, over all splits). The same arguments give byte-identical files.
+    (image-level labels, over all splits). The same arguments give byte-identical files, on any
+    number of ``workers`` (processes).
     """
     _check_args(seed, n_train_aug, n_train, n_val, min_size, max_size, max_objects)
     root = Path(root)
@@ -444,19 +459,26 @@ def generate_demo(root, *, seed: int, n_train_aug: int, n_train: int, n_val: int
     total = n_train_aug + n_val
     ids = [f"{ID_PREFIX}{i:06d}" for i in range(total)]
     class_counts = dict.fromkeys(DEMO_CLASSES, 0)
-    indices = range(total)
+    write = partial(_write_sample, root=root, ids=ids, seed=seed, min_size=min_size, max_size=max_size,
+                    max_objects=max_objects)
+    bar = None
     if progress:
         from tqdm import tqdm
-        indices = tqdm(indices, desc="demo data", unit="img")
-    for i in indices:
-        img, mask, inst, objects = _render_sample(seed, i, min_size, max_size, max_objects)
-        h, w = mask.shape
-        write_bytes(dirs["JPEGImages"] / f"{ids[i]}.jpg", _jpeg_bytes(img))
-        write_bytes(dirs["SegmentationClass"] / f"{ids[i]}.png", palette_png(mask))
-        write_bytes(dirs["Annotations"] / f"{ids[i]}.xml", _xml_bytes(ids[i], h, w, inst, objects))
-        for k in np.unique(mask):
-            if 0 < k <= len(DEMO_CLASSES):
+        bar = tqdm(total=total, desc="demo data", unit="img")
+    # every image comes from its own generator: the files are the same on any number of workers
+    pool = ProcessPoolExecutor(workers) if workers > 1 and total > 64 else None
+    try:
+        present = pool.map(write, range(total), chunksize=16) if pool else map(write, range(total))
+        for classes in present:
+            for k in classes:
                 class_counts[DEMO_CLASSES[k - 1]] += 1
+            if bar is not None:
+                bar.update()
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
 
     splits = {"train_aug": ids[:n_train_aug], "train": ids[:n_train], "val": ids[n_train_aug:]}
     for name, members in splits.items():

@@ -1,0 +1,43 @@
+"""Stage `demo`: generate the embedded demo set (VOC layout) into data/demo when data.root names it.
+
+When data.root names another data set, the stage writes only a note there: the demo costs nothing
+and nothing downstream depends on it (`prepare` depends on ``${data.root}`` itself).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from wsss import artifacts
+from wsss.cli import data_root, run_stage
+from wsss.config import load_params
+from wsss.data.demo import generate_demo
+
+
+def main() -> None:
+    p = load_params()
+    out = artifacts.DEMO_ROOT
+    tmp = out.with_name(f".{out.name}.tmp")          # a stopped run never leaves half a data set at out
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if data_root(p) != out.resolve():
+            tmp.mkdir(parents=True)
+            (tmp / "README.txt").write_text(f"data.root is '{p.data.root}': the demo set is generated only when "
+                                            f"data.root is '{out.as_posix()}'.\n")
+            what = f"not generated (data.root is '{p.data.root}')"
+        else:
+            d = p.data.demo
+            summary = generate_demo(tmp, seed=d.seed, n_train_aug=d.num_train_aug, n_train=d.num_train,
+                                    n_val=d.num_val, min_size=d.min_size, max_size=d.max_size,
+                                    max_objects=d.max_objects, progress=True, workers=os.cpu_count() or 1)
+            what = f"{summary['num_images']} images in {out}"
+    except BaseException:   # also a stop (Ctrl-C, SIGTERM): no half-written set is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"demo: {what}")
+
+
+if __name__ == "__main__":
+    run_stage("demo", main)
