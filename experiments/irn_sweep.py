@@ -55,7 +55,8 @@ def main(argv=None) -> int:
         walker = Walker(net, kind, replace(base, beta=beta, iterations=iterations, walk_radius=radius), device)
         scorer = SeedScorer(manifest["classes"], thresholds(p))
         for image, maps, gt in data:
-            walked = walker.scores(image, maps).cpu().numpy()
+            walked = walker.scores(image, maps)
+            walked = (walked / (walked.max() + 1e-5)).cpu().numpy()     # IRN's global max, as the walker
             scorer.update({"keys": maps["keys"], "cam": walked[1:] if kind == "rcam" else walked,
                            **({"rcam": walked} if kind == "rcam" else {})}, gt)
         s = scorer.summary()

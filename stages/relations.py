@@ -39,7 +39,8 @@ def main() -> None:
     split = p.data.train_split
     ids = manifest["splits"][split]
     label_paths = [artifacts.relation_label_path(i) for i in ids]
-    conf = ConfidentConfig(kind=kind, fg_threshold=irn.conf_fg, bg_threshold=irn.conf_bg, clean=irn.clean,
+    conf = ConfidentConfig(kind=kind, fg_threshold=irn.conf_fg, bg_threshold=irn.conf_bg,
+                           rcam_bg_scale=irn.rcam_bg_scale, clean=irn.clean,
                            gt_prob=irn.clean_crf.gt_prob, crf=CRFConfig.from_params(irn.clean_crf))
     start = time.perf_counter()
     label_images([(voc.image_path(root, i), artifacts.cam_path(split, i), o) for i, o in zip(ids, label_paths)],

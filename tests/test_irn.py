@@ -3,6 +3,7 @@ joint crops, the relation net and the walker, on small cases whose answers are k
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -13,8 +14,8 @@ from wsss.data import voc
 from wsss.models import ModelConfig, build_model
 from wsss.models.relations import RelationNet
 from wsss.refine import affinity, labels
-from wsss.refine.irn import STRIDE, IRNConfig, LabelCrops, Walker, train_relations
-from wsss.refine.run import ConfidentConfig, confident_label
+from wsss.refine.irn import (STRIDE, IRNConfig, LabelCrops, Walker, make_optimizer, train_relations, walk,
+                             walked_labels)
 
 
 # --- pair geometry -------------------------------------------------------------------------
@@ -29,16 +30,49 @@ def test_displacements_are_half_of_the_disc(radius):
     assert affinity.displacements(2) == ((0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def test_line_cells_by_hand():
-    assert affinity.line_cells(0, 3) == ((0, 0), (0, 1), (0, 2), (0, 3))
-    assert affinity.line_cells(2, 2) == ((0, 0), (1, 1), (2, 2))
-    assert affinity.line_cells(1, -2) == ((0, 0), (0, -1), (1, -2)) or \
-        affinity.line_cells(1, -2) == ((0, 0), (1, -1), (1, -2))
+def test_path_cells_are_irns():
+    """IRN's PathIndex: the cells of the box spanned by the two ends that lie within distance 1
+    (strictly) of the line through them, both ends included."""
+    box = lambda dy, dx: {(y, x) for y in range(min(0, dy), max(0, dy) + 1)  # noqa: E731
+                          for x in range(min(0, dx), max(0, dx) + 1)}
+    assert set(affinity.path_cells(0, 3)) == {(0, 0), (0, 1), (0, 2), (0, 3)}
+    assert set(affinity.path_cells(1, -1)) == box(1, -1)                # 4 cells (rounding kept 2)
+    assert set(affinity.path_cells(2, 1)) == box(2, 1)                  # 6: off-line cells at 0.89
+    assert set(affinity.path_cells(3, 1)) == box(3, 1)                  # 8: at 0.95
+    assert set(affinity.path_cells(2, 2)) == box(2, 2) - {(0, 2), (2, 0)}   # the far corners at 1.41
+    assert set(affinity.path_cells(1, -3)) == box(1, -3)                # 8: corners at 3/sqrt(10)
+    # (2, -3): 8 of the 12 cells of its box, (0, -2) and (2, -1) at 4/sqrt(13) = 1.11 left out
+    assert set(affinity.path_cells(2, -3)) == {(0, 0), (0, -1), (1, 0), (1, -1), (1, -2), (1, -3), (2, -2), (2, -3)}
     for dy, dx in affinity.displacements(5):
-        cells = affinity.line_cells(dy, dx)
-        assert cells[0] == (0, 0) and cells[-1] == (dy, dx)
-        # consecutive cells touch (8-connected): a wall one cell thick cannot be jumped over
-        assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1 for a, b in zip(cells, cells[1:]))
+        cells = affinity.path_cells(dy, dx)
+        assert (0, 0) in cells and (dy, dx) in cells and len(set(cells)) == len(cells)
+        for y, x in cells:
+            assert (dy * x - dx * y) ** 2 < dy * dy + dx * dx         # within 1 of the line
+    # with the rounded points on the line, 26 of the 34 displacements at radius 5 got fewer cells
+    assert sum(len(affinity.path_cells(*d)) > max(abs(d[0]), abs(d[1])) + 1
+               for d in affinity.displacements(5)) == 26
+
+
+def test_path_on_a_3x3_grid():
+    """One boundary cell at the top middle of a 3x3 grid: IRN's path from (0, 0) to (1, 1) holds
+    it (the whole 2x2 box), so the pair is cut; (1, 0) -> (1, 2) along the middle row is not."""
+    b = torch.zeros(1, 3, 3)
+    b[0, 0, 1] = 0.9
+    aff = affinity.boundary_to_affinity(b, radius=3)[0]
+    d = affinity.displacements(3)
+    assert aff[d.index((1, 1)), 0, 0].item() == pytest.approx(0.1)    # rounding said 1.0
+    assert aff[d.index((1, -1)), 0, 2].item() == pytest.approx(0.1)
+    assert aff[d.index((0, 2)), 1, 0].item() == 1.0
+    assert aff[d.index((1, 0)), 0, 1].item() == pytest.approx(0.1)    # an end is on the boundary
+    assert aff[d.index((2, 1)), 0, 0].item() == pytest.approx(0.1)    # box rows 0-2, cols 0-1
+    assert aff[d.index((1, 2)), 1, 0].item() == 1.0                   # box rows 1-2: not row 0
+
+
+def test_source_cells_leave_irns_border_band_out():
+    keep = affinity.source_cells(5, 7, radius=3)        # band of 2
+    want = torch.zeros(5, 7, dtype=torch.bool)
+    want[:3, 2:5] = True
+    assert torch.equal(keep, want)
 
 
 def test_boundary_wall_cuts_affinity():
@@ -66,30 +100,41 @@ def test_affinity_takes_the_largest_boundary_on_the_line():
     assert aff[k, 0, 3].item() == 0.0                    # 3 + 3 leaves the grid
 
 
+LAB = torch.tensor([[[0, 0, 1, 255],
+                     [0, 3, 3, 0],
+                     [3, 3, 3, 3]]])
+
+
 def test_pair_labels_by_hand():
-    lab = torch.tensor([[[0, 0, 1, 255]]])
-    pairs = affinity.pair_labels(lab, radius=2)
-    k = affinity.displacements(2).index((0, 1))
-    assert pairs["bg_pos"][0, k, 0].tolist() == [True, False, False, False]
-    assert pairs["neg"][0, k, 0].tolist() == [False, True, False, False]   # 0 | 1
-    assert not pairs["fg_pos"].any()                                        # 1 | 255 is unsure
-    assert sum(int(v.sum()) for v in pairs.values()) == 2                   # vertical pairs leave the grid
-    two = torch.tensor([[[3, 3], [3, 0]]])
-    p2 = affinity.pair_labels(two, radius=2)
-    # the six pairs of a 2x2 grid: three 3-3, three 3|0
-    assert int(p2["fg_pos"].sum()) == 3 and int(p2["neg"].sum()) == 3 and int(p2["bg_pos"].sum()) == 0
+    """Radius 2 on a 3x4 grid: IRN's sources are rows 0-1, columns 1-2 (the bottom row and the
+    outer columns are no source); a pair touching 255 is not used."""
+    pairs = affinity.pair_labels(LAB, radius=2)
+    d = affinity.displacements(2)                      # (0, 1), (1, -1), (1, 0), (1, 1)
+    at = lambda kind, y, x: [d[k] for k in range(len(d)) if pairs[kind][0, k, y, x]]  # noqa: E731
+    assert at("bg_pos", 0, 1) == [(1, -1)] and at("neg", 0, 1) == [(0, 1), (1, 0), (1, 1)]
+    assert at("neg", 0, 2) == [(1, -1), (1, 0), (1, 1)] and at("bg_pos", 0, 2) == []   # (0, 3) is 255
+    assert at("fg_pos", 1, 1) == list(d)
+    assert at("fg_pos", 1, 2) == [(1, -1), (1, 0), (1, 1)] and at("neg", 1, 2) == [(0, 1)]
+    assert [int(pairs[k].sum()) for k in ("bg_pos", "fg_pos", "neg")] == [1, 7, 7]
+    # (0, 0) -> (0, 1) is a background pair, but (0, 0) is in the border band: no source
+    assert not any(pairs[k][0, :, 0, 0].any() for k in pairs)
+    assert not any(pairs[k][0, :, 2].any() for k in pairs)
 
 
 def test_relation_loss_by_hand():
-    lab = torch.tensor([[[0, 0, 1, 1]]])
-    pairs = affinity.pair_labels(lab, radius=2)
-    half = affinity.relation_loss(torch.full((1, 4, 1, 4), 0.5), pairs)
+    pairs = affinity.pair_labels(LAB, radius=2)
+    shape = pairs["neg"].shape
+    half = affinity.relation_loss(torch.full(shape, 0.5), pairs)
     assert half["total"].item() == pytest.approx(math.log(2), rel=1e-4)
-    k = affinity.displacements(2).index((0, 1))
-    perfect = torch.zeros(1, 4, 1, 4)
-    perfect[0, k, 0] = torch.tensor([1.0, 0.0, 1.0, 0.0])  # 0-0 related, 0|1 not, 1-1 related
+    perfect = (pairs["bg_pos"] | pairs["fg_pos"]).float()     # related where the labels agree
     assert affinity.relation_loss(perfect, pairs)["total"].item() < 1e-4
     assert affinity.relation_loss(1 - perfect, pairs)["total"].item() > 5
+    # each kind averaged over its own pairs: bg_pos / 4 + fg_pos / 4 + neg / 2
+    aff = torch.full(shape, 0.5)
+    aff[pairs["bg_pos"]] = 0.25
+    t = affinity.relation_loss(aff, pairs)
+    assert t["bg_pos"].item() == pytest.approx(-math.log(0.25 + 1e-5))
+    assert t["total"].item() == pytest.approx(-math.log(0.25 + 1e-5) / 4 + math.log(2) * 3 / 4, rel=1e-4)
 
 
 # --- random walk ---------------------------------------------------------------------------
@@ -137,20 +182,48 @@ def test_sparse_walk_equals_dense_matrix_power():
 
 # --- confident labels ----------------------------------------------------------------------
 
-def test_confident_label_on_rcam_uses_its_background():
-    """R-CAM: a class is confident only where it beats the background channel and conf_fg."""
-    rcam = np.zeros((2, 1, 4), dtype=np.float32)
-    rcam[0] = [[0.9, 0.1, 0.1, 0.1]]                 # background channel
-    rcam[1] = [[0.95, 0.8, 0.2, 0.01]]               # class 7
-    maps = {"keys": np.array([7]), "cam": rcam[1:].copy(), "rcam": rcam}
-    cfg = ConfidentConfig(kind="rcam", fg_threshold=0.5, bg_threshold=0.05, clean=False)
-    image = np.zeros((1, 4, 3), dtype=np.uint8)
-    # 0.95 beats the background 0.9: confident class; 0.8 confident; 0.2 unsure; 0.01 background
-    assert confident_label(image, maps, cfg).tolist() == [[7, 7, 255, 0]]
-    fg = labels.foreground_scores(maps, "rcam")
-    assert fg.tolist() == [[[0.949999988079071, 0.800000011920929, 0.20000000298023224, 0.0]]]
-    cam_cfg = ConfidentConfig(kind="cam", fg_threshold=0.5, bg_threshold=0.05, clean=False)
-    assert confident_label(image, maps, cam_cfg).tolist() == [[7, 7, 255, 0]]
+def test_walk_on_4_cells_is_irns():
+    """IRN's make_sem_seg_labels on a 1x4 grid, beta 1, one step. The boundary (0, 0, 1, 0)
+    links cells 0 and 1 only. Seeds times (1 - boundary): class A (1, .5, .8, .2) -> (1, .5, 0, .2),
+    class B (.05, .05, .05, .15) -> (.05, .05, 0, .15). One step averages cells 0 and 1:
+    A (.75, .75, 0, .2), B (.05, .05, 0, .15). One global max (.75): A (1, 1, 0, .267),
+    B (.067, .067, 0, .2); background .25 -> labels (A, A, bg, A)."""
+    cfg = IRNConfig(walk_radius=2, beta=1.0, iterations=1, bg_threshold=0.25)
+    boundary = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    seeds = torch.tensor([[[1.0, 0.5, 0.8, 0.2]], [[0.05, 0.05, 0.05, 0.15]]])
+    walked = walk(seeds, boundary, "cam", cfg)
+    torch.testing.assert_close(walked, torch.tensor([[[0.75, 0.75, 0.0, 0.2]], [[0.05, 0.05, 0.0, 0.15]]]))
+    assert walked_labels(walked, "cam", 0.25)[0].tolist() == [1, 1, 0, 1]
+    # each channel by its own max (the rule before) would give B the last cell: (A, A, bg, B)
+    per_channel = walked / walked.flatten(1).amax(1)[:, None, None]
+    assert torch.cat([torch.full((1, 1, 4), 0.25), per_channel]).argmax(0)[0].tolist() == [1, 1, 0, 2]
+
+
+def test_walk_of_an_rcam_is_sipes():
+    """SIPE's make_seg_labels: the R-CAM (background first) to the power 1.5, then the walk, then
+    the argmax over its own channels (no threshold). Two linked cells, bg (.5, .5), class
+    (.9, .05): averaged as they are, bg .5 beats .475; to the power 1.5, .354 loses to .433."""
+    boundary = torch.zeros(1, 2)
+    rcam = torch.tensor([[[0.5, 0.5]], [[0.9, 0.05]]])
+    cfg = IRNConfig(walk_radius=2, beta=1.0, iterations=1, bg_threshold=0.99)
+    assert walked_labels(walk(rcam, boundary, "rcam", cfg), "rcam", 0.99)[0].tolist() == [1, 1]
+    plain = replace(cfg, rcam_power=1.0)
+    assert walked_labels(walk(rcam, boundary, "rcam", plain), "rcam", 0.99)[0].tolist() == [0, 0]
+
+
+def test_sgd_is_irns_poly_schedule():
+    cfg = IRNConfig(optimizer="sgd", lr=0.1, weight_decay=1e-4)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt, schedule = make_optimizer([p], cfg, total_steps=10, warmup_steps=5)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs == pytest.approx([0.1, 0.1 * 0.9 ** 0.9, 0.1 * 0.8 ** 0.9])
+    with pytest.raises(ValueError, match="refine.irn.optimizer"):
+        make_optimizer([p], replace(cfg, optimizer="adam"), 10, 5)
 
 
 # --- data, net, walker ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from wsss import metrics
 from wsss.data import voc
-from wsss.refine import labels
+from wsss.refine import labels, run
 from wsss.refine.crf import CRFConfig, crf_from_labels, crf_from_probs
 from wsss.refine.run import RefineConfig, pseudo_label, refine_split
 
@@ -70,26 +70,60 @@ def test_to_class_ids_keeps_unsure():
     np.testing.assert_array_equal(labels.to_class_ids(np.array([[0, 1, 2, 255]]), [3, 7]), [[0, 3, 7, 255]])
 
 
+def _cuts(cam, fg=0.3, bg=0.05, rcam_bg_scale=0.5, kind="cam"):
+    maps = {"keys": np.arange(1, cam.shape[0] + 1), "cam": cam}
+    if kind == "rcam":
+        maps["rcam"] = cam
+    return labels.confident_cuts(maps, kind, fg, bg, rcam_bg_scale)
+
+
 def test_confident_labels_by_hand():
-    """One class: > 0.3 foreground, <= 0.05 background, in between unsure (255)."""
-    fg = np.array([[[0.9, 0.31, 0.3, 0.1, 0.05, 0.0]]])  # float64: 0.3 is exactly the threshold
-    out = labels.confident_labels(fg, fg_threshold=0.3, bg_threshold=0.05)
+    """IRN's cam_to_ir_label on one class: > 0.3 foreground, <= 0.05 background, unsure between."""
+    cam = np.array([[[0.9, 0.31, 0.3, 0.1, 0.05, 0.0]]])  # float64: 0.3 is exactly the threshold
+    out = labels.confident_labels(*_cuts(cam))
     np.testing.assert_array_equal(out, [[1, 1, 255, 255, 0, 0]])
-    two = np.stack([fg[0], fg[0][:, ::-1]])  # a second class, mirrored: the top class wins
-    out = labels.confident_labels(two, 0.3, 0.05)
-    np.testing.assert_array_equal(out, [[1, 1, 255, 255, 2, 2]])
+    two = np.concatenate([cam, cam[:, :, ::-1]])  # a second class, mirrored: the top class wins
+    np.testing.assert_array_equal(labels.confident_labels(*_cuts(two)), [[1, 1, 255, 255, 2, 2]])
     with pytest.raises(ValueError):
-        labels.confident_labels(fg, 0.05, 0.3)
+        _cuts(cam, fg=0.05, bg=0.3)
 
 
-def test_confident_labels_cleaned():
+def test_confident_labels_irn_rule_on_a_2x3_map():
+    """IRN: ``conf = fg; conf[fg == 0] = 255; conf[bg + fg == 0] = 0``. Cleaning can make the low
+    cut say background where the high cut says foreground (here the top row): the pixel keeps the
+    high cut's class (the rule before overwrote it with background)."""
+    high = np.array([[1, 1, 0], [0, 0, 2]], dtype=np.uint8)
+    low = np.array([[0, 0, 1], [0, 2, 2]], dtype=np.uint8)
+    np.testing.assert_array_equal(labels.confident_labels(high, low), [[1, 1, 255], [0, 255, 2]])
+
+
+def test_confident_labels_sipe_rule_on_a_2x3_rcam():
+    """SIPE's cam2ir on an R-CAM (background first): the high cut is its argmax, the low cut the
+    argmax with the background halved; no thresholds (conf_fg / conf_bg play no part)."""
+    rcam = np.array([[[0.6, 0.9, 0.3], [0.8, 0.5, 0.2]],      # background
+                     [[0.4, 0.4, 0.4], [0.4, 0.1, 0.1]]],     # the class
+                    dtype=np.float32)
+    # (0.6, 0.4): bg wins, halved it loses -> unsure; (0.9, 0.4): bg even halved -> background;
+    # (0.3, 0.4): class; (0.8, 0.4): tie after halving goes to bg -> background; (0.5, 0.1) bg;
+    # (0.2, 0.1): bg wins, halved 0.1 ties -> background
+    for fg, bg in [(0.3, 0.05), (0.9, 0.8)]:
+        out = labels.confident_labels(*_cuts(rcam, fg, bg, kind="rcam"))
+        np.testing.assert_array_equal(out, [[255, 0, 1], [0, 0, 0]])
+    out = labels.confident_labels(*_cuts(rcam, rcam_bg_scale=0.25, kind="rcam"))
+    np.testing.assert_array_equal(out, [[255, 255, 1], [255, 0, 255]])
+
+
+def test_confident_label_cleans_both_cuts(monkeypatch):
     calls = []
 
-    def clean(lab, n):
+    def clean(image, lab, n, gt_prob, cfg):
         calls.append(n)
         return np.zeros_like(lab)  # a cleaner that wipes everything to background
 
-    out = labels.confident_labels(np.full((2, 3, 3), 0.9, dtype=np.float32), 0.3, 0.05, clean=clean)
+    monkeypatch.setattr(run.crf, "crf_from_labels", clean)
+    maps = {"keys": np.array([2, 5]), "cam": np.full((2, 3, 3), 0.9, dtype=np.float32)}
+    cfg = run.ConfidentConfig(kind="cam", fg_threshold=0.3, bg_threshold=0.05)
+    out = run.confident_label(np.zeros((3, 3, 3), np.uint8), maps, cfg)
     assert calls == [3, 3] and (out == 0).all()
 
 

@@ -412,6 +412,108 @@ def test_v2_state_dict_round_trip(tmp_path):
         torch.testing.assert_close(after[k], before_a[k], rtol=0, atol=0)
 
 
+# ---------------------------------------------------------------- padding is never a seed
+
+def _pad(x: torch.Tensor, right: int, bottom: int, seed: int) -> torch.Tensor:
+    """x (B, K, h, w) with ``bottom`` rows and ``right`` columns of random garbage added."""
+    b, k, h, w = x.shape
+    out = rand(b, k, h + bottom, w + right, seed=seed) * 3
+    out[..., :h, :w] = x
+    return out
+
+
+@pytest.mark.parametrize("right, bottom", [(0, 0), (2, 1), (3, 0), (0, 4)])
+@pytest.mark.parametrize("affinity", ["abs", "relu"])
+def test_v2_seeds_and_rcam_ignore_whatever_padding_surrounds_them(right, bottom, affinity):
+    """The same tokens, CAM and fused features, once alone and once with padded tokens of random
+    values around them, masked out: the same seeds, R-CAM and M on the image, and nothing
+    (all channels 0) on the padding. Without the mask the padding changes the seeds."""
+    model = v2(num_classes=3, affinity=affinity)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    h, w = 3, 4
+    t_out, f_out, f_hie = rand(2, 16, h, w, seed=1), rand(2, 3, h, w, seed=2), rand(2, 8, 2 * h, 2 * w, seed=3)
+    alone = model.seed_maps(t_out, f_out, f_hie, labels)
+    H, W = 32 * (h + bottom), 32 * (w + right)                  # the pixel mask: the image at top left
+    valid = torch.zeros(2, 1, H, W)
+    valid[..., : 32 * h, : 32 * w] = 1
+    padded = model.seed_maps(_pad(t_out, right, bottom, 4), _pad(f_out, right, bottom, 5),
+                             _pad(f_hie, 2 * right, 2 * bottom, 6), labels, valid)
+    torch.testing.assert_close(padded["seeds"][..., :h, :w], alone["seeds"])
+    assert padded["seeds"].sum() == alone["seeds"].sum()          # no padded token is a seed
+    for key in ("rcam_raw", "cam_bg"):
+        torch.testing.assert_close(padded[key][..., : 2 * h, : 2 * w], alone[key], atol=1e-5, rtol=1e-5)
+        assert padded[key].sum().item() == pytest.approx(padded[key][..., : 2 * h, : 2 * w].sum().item())
+    assert padded["valid"].shape == (2, 1, 2 * (h + bottom), 2 * (w + right))
+    if right or bottom:      # the check is not vacuous: unmasked, the padding moves the seeds
+        unmasked = model.seed_maps(_pad(t_out, right, bottom, 4), _pad(f_out, right, bottom, 5),
+                                   _pad(f_hie, 2 * right, 2 * bottom, 6), labels)
+        assert not torch.equal(unmasked["seeds"][..., :h, :w], alone["seeds"]) or \
+            not torch.allclose(unmasked["rcam_raw"][..., : 2 * h, : 2 * w], alone["rcam_raw"])
+
+
+class _PointwiseFusion(torch.nn.Module):
+    """A stand-in for the fusion whose output at a cell depends only on the pixels under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fuse = torch.nn.Conv2d(3, 8, 1)
+
+    def forward(self, stages):
+        return self.fuse(F.avg_pool2d(stages[0], 16))
+
+
+def test_v2_forward_masks_padding_through_its_grids():
+    """The model's own forward with stand-ins for the backbone and the fusion whose output at a
+    cell depends only on the pixels under it, zero on zero padding (a Swin window attends over
+    the padding too, and so does the 3x3 CAM head at the image's edge, as a ResNet's convolutions
+    see SIPE's padding): the mask reaches both grids, the seeds, M and the R-CAM."""
+    model = v2(num_classes=3).eval()
+    proj = torch.nn.Conv2d(3, model.backbone.num_features, 1, bias=False)
+    model.features = lambda x: (proj(F.avg_pool2d(x, 32)), [x])
+    model.hff = _PointwiseFusion()
+    labels = torch.tensor([[1.0, 1.0, 0.0]])
+    image = rand(1, 3, 96, 128, seed=7)
+    padded = torch.zeros(1, 3, 160, 224)
+    padded[..., :96, :128] = image
+    valid = torch.zeros(1, 1, 160, 224)
+    valid[..., :96, :128] = 1
+    with torch.no_grad():
+        a, b = model(image, labels), model(padded, labels, valid=valid)
+    torch.testing.assert_close(b["seeds"][..., :3, :4], a["seeds"])
+    assert b["seeds"][..., 3:, :].sum() == 0 and b["seeds"][..., 4:].sum() == 0
+    torch.testing.assert_close(b["rcam_raw"][..., :6, :8], a["rcam_raw"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b["cam_bg"][..., :6, :8], a["cam_bg"], atol=1e-5, rtol=1e-5)
+
+
+def test_valid_grid_a_cell_is_the_image_where_any_pixel_is():
+    from wsss.models.seeds import valid_grid
+    valid = torch.zeros(1, 1, 64, 96)
+    valid[..., :40, :33] = 1            # 40 rows: cells 0-1 of 32 px; 33 columns: cells 0-1
+    assert valid_grid(valid, (2, 3))[0, 0].tolist() == [[1, 1, 0], [1, 1, 0]]
+    assert valid_grid(valid, (4, 6))[0, 0].tolist() == [[1, 1, 1, 0, 0, 0]] * 3 + [[0] * 6]
+    assert valid_grid(None, (2, 3)) is None
+
+
+def test_gsc_over_the_image_only():
+    cam, rcam = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
+    rcam[0, :, 0, 0] = 1.0                 # differs by 1 on the one image cell (two channels)
+    rcam[0, :, 1, 1] = 1.0                 # and on a padded cell
+    valid = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert gsc_loss(cam, rcam).item() == pytest.approx(0.5)
+    assert gsc_loss(cam, rcam, valid).item() == pytest.approx(1.0)
+    full = torch.ones(1, 1, 2, 2)
+    assert gsc_loss(cam, rcam, full).item() == pytest.approx(gsc_loss(cam, rcam).item())
+
+
+def test_train_crops_mark_their_padding():
+    """A crop larger than its image: the box covers the image pixels, the rest is padding."""
+    from wsss.data.datasets import box_mask, random_crop
+    img = np.ones((20, 30, 3), dtype=np.float32)
+    out, box = random_crop(img, 64, np.random.default_rng(0))
+    mask = box_mask(torch.tensor([box]), 64, 64)[0, 0]
+    assert mask.sum().item() == 600 and torch.equal(mask.bool(), torch.from_numpy(out[..., 0] != 0))
+
+
 # =============================================================================== losses.py
 
 def test_gsc_hand_case():

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -378,12 +379,15 @@ def test_multi_hot():
 
 
 def test_random_crop_pads_and_crops():
-    from wsss.data.datasets import random_crop
+    from wsss.data.datasets import box_mask, random_crop
 
     img = np.arange(1, 16, dtype=np.float32).reshape(3, 5, 1)  # 3 x 5, no zero inside
     for seed in range(10):
-        out = random_crop(img, 4, np.random.default_rng(seed))
+        out, box = random_crop(img, 4, np.random.default_rng(seed))
         assert out.shape == (4, 4, 1)
+        # the box says where the image lies: exactly the non-zero pixels
+        mask = box_mask(torch.tensor([box]), 4, 4)[0, 0].numpy()
+        assert box[2:] == (3, 4) and np.array_equal(mask > 0, out[..., 0] != 0)
         rows, cols = np.nonzero(out[..., 0])
         # all 3 rows of the image, 4 of its 5 columns, as one block; the rest is zero padding
         assert len(rows) == 12
@@ -401,13 +405,13 @@ def test_train_crops_deterministic(demo_root):
     ds = TrainCrops(demo_root, m["splits"]["train"], m["labels"], len(DEMO_CLASSES), crop_size=64,
                     resize_long=[64, 128], hflip=True, jitter=0.3, seed=5)
     assert len(ds) == 4
-    x, y, i = ds[2]
-    assert x.shape == (3, 64, 64) and i == 2
+    x, y, i, box = ds[2]
+    assert x.shape == (3, 64, 64) and i == 2 and box.shape == (4,)
     assert y.tolist() == [1.0 if k + 1 in m["labels"]["demo_000002"] else 0.0 for k in range(6)]
-    x_again, _, _ = ds[2]
+    x_again, _, _, _ = ds[2]
     assert np.array_equal(x.numpy(), x_again.numpy())  # same seed, epoch and index
     ds.set_epoch(1)
-    x_next, _, _ = ds[2]
+    x_next, _, _, _ = ds[2]
     assert not np.array_equal(x.numpy(), x_next.numpy())
 
 

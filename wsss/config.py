@@ -180,13 +180,16 @@ SCHEMA: dict[str, Any] = {
         "irn": {
             "conf_fg": Field(FLOAT, _fraction, "confident foreground: top class score above this (IRN: 0.30)"),
             "conf_bg": Field(FLOAT, _fraction, "confident background: no class score above this (IRN: 0.05)"),
+            "rcam_bg_scale": Field(FLOAT, _fraction, "R-CAM confident background: where it wins with its score "
+                                                     "times this (SIPE: 0.5)"),
             "clean": Field(BOOL, None, "clean both cuts with a CRF on hard labels (IRN: true)"),
             "clean_crf": dict(_CRF_KERNELS),
             "epochs": Field(INT, _positive),
             "batch_size": Field(INT, _positive),
             "crop_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32"),
             "resize_long": Field(LIST, _pair, "random rescale of the long side, [low, high] px"),
-            "lr": Field(FLOAT, _positive, "relation head learning rate (AdamW)"),
+            "optimizer": Field(STR, _choice("adamw", "sgd"), "adamw (warm-up + cosine) | sgd (IRN's poly)"),
+            "lr": Field(FLOAT, _positive, "relation head learning rate"),
             "weight_decay": Field(FLOAT, _non_negative),
             "dim": Field(INT, _positive, "channels of the boundary head's branches"),
             "train_radius": Field(INT, lambda v: None if v >= 2 else "must be >= 2", "pair radius in training, stride-4 cells (IRN: 10)"),
@@ -194,6 +197,7 @@ SCHEMA: dict[str, Any] = {
             "beta": Field(FLOAT, _positive, "affinity exponent (IRN: 10)"),
             "iterations": Field(INT, _non_negative, "random-walk steps (IRN: 2^8 = 256)"),
             "bg_threshold": Field(FLOAT, _fraction, "background score after the walk (IRN: 0.25; CAM seeds only)"),
+            "rcam_power": Field(FLOAT, _positive, "R-CAM seeds raised to this power before the walk (SIPE: 1.5)"),
         },
     },
     "evaluate": {

@@ -2,7 +2,8 @@
 
 At each scale the image is resized, padded (zeros after normalisation, as the training crops
 are) to the model's ``pad_multiple`` so the Swin window layout matches training, run with its
-horizontal flip as a batch of two (with the image's labels, which V2's seeds need), and the
+horizontal flip as a batch of two (with the image's labels, which V2's seeds need, and the mask
+of the pixels that are the image, which keeps the padding out of V2's seeds), and the
 ReLU'd class maps of the valid region are resized to the image size and summed. The sum is
 max-normalised per channel. V2's R-CAMs (background + present classes) are aggregated the same way.
 """
@@ -54,8 +55,10 @@ def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[in
         if flip:
             x = torch.cat([x, x.flip(-1)])
         x = _pad_to(x, model.pad_multiple).to(device)
+        valid = torch.zeros((x.shape[0], 1, *x.shape[-2:]), device=device)
+        valid[..., :sh, :sw] = 1.0       # each copy (the flip too) was padded on its right and bottom
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            out = model(x, labels.expand(x.shape[0], -1))
+            out = model(x, labels.expand(x.shape[0], -1), valid=valid)
         per_scale = {"cam": F.relu(out["cam_raw"].float())[:, fg]}
         if "rcam_raw" in out:
             per_scale["rcam"] = out["rcam_raw"].float()[:, with_bg]

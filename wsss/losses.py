@@ -35,12 +35,17 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.multilabel_soft_margin_loss(logits.float(), labels.float())
 
 
-def gsc_loss(cam: torch.Tensor, rcam: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 as SIPE computes it: mean |CAM - R-CAM| over batch, the C+1 channels and pixels.
+def gsc_loss(cam: torch.Tensor, rcam: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 5 as SIPE computes it: mean |CAM - R-CAM| over batch, the C+1 channels and pixels
+    (with ``valid`` (B, 1, h, w): the image's pixels only, not a crop's padding).
 
     cam, rcam: (B, C+1, h, w), both max-normed, on the same grid.
     """
-    return (cam - rcam).abs().mean()
+    diff = (cam - rcam).abs()
+    if valid is None:
+        return diff.mean()
+    v = valid.to(diff.dtype)
+    return (diff * v).sum() / (v.sum() * diff.shape[1]).clamp_min(1.0)
 
 
 def _class_cosines(cam: torch.Tensor, rcam: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -98,7 +103,7 @@ def total_loss(out: dict[str, torch.Tensor], labels: torch.Tensor,
         w = weights or LossWeights()
         cam = out["cam_bg"].float()
         rcam = max_norm(out["rcam_raw"].float())
-        for name, weight, fn in (("gsc", w.w_gsc, lambda: gsc_loss(cam, rcam)),
+        for name, weight, fn in (("gsc", w.w_gsc, lambda: gsc_loss(cam, rcam, out.get("valid"))),
                                  ("ccl", w.w_ccl, lambda: CCL[w.ccl](cam, rcam, labels))):
             if weight > 0:
                 value = fn()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from . import losses, metrics
 from . import distributed
 from .checkpoint import Checkpointer, restore
+from .data.datasets import box_mask
 
 
 from .errors import TrainingError  # noqa: F401
@@ -174,10 +175,12 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
         sums: dict[str, float] = dict(partial) if epoch == first_epoch else {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=rank > 0,
                    initial=skip, total=steps_per_epoch)
-        for batch, (x, y, _) in enumerate(bar, start=skip + 1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for batch, item in enumerate(bar, start=skip + 1):
+            # (image, labels, index) and, from crops that may be padded, the image's box in the crop
+            x, y = item[0].to(device, non_blocking=True), item[1].to(device, non_blocking=True)
+            valid = box_mask(item[3].to(device), x.shape[-2], x.shape[-1]) if len(item) > 3 else None
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = net(x, y)
+                out = net(x, y) if valid is None else net(x, y, valid=valid)
             terms = losses.total_loss(out, y, cfg.loss.at(step / steps_per_epoch))
             loss = terms["total"]
             # the global batch's terms (the mean of the processes' shares): every process logs and

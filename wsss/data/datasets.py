@@ -62,8 +62,9 @@ def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> 
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Crop (size, size) at a random place; zero-pad (after normalisation) where smaller."""
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Crop (size, size) at a random place; zero-pad (after normalisation) where smaller.
+    Returns the crop and the box ``(top, left, height, width)`` of the image within it."""
     h, w = img.shape[:2]
     out = np.zeros((size, size, img.shape[2]), dtype=img.dtype)
     ch, cw = min(size, h), min(size, w)
@@ -73,7 +74,18 @@ def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
     oy = rng.integers(0, size - ch + 1)
     ox = rng.integers(0, size - cw + 1)
     out[oy:oy + ch, ox:ox + cw] = img[iy:iy + ch, ix:ix + cw]
-    return out
+    return out, (int(oy), int(ox), int(ch), int(cw))
+
+
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Boxes (B, 4) ``(top, left, height, width)`` -> pixel masks (B, 1, height, width) in {0, 1}:
+    which pixels of each crop are the image (not padding)."""
+    ys = torch.arange(height, device=boxes.device)
+    xs = torch.arange(width, device=boxes.device)
+    top, left, h, w = (boxes[:, i, None] for i in range(4))
+    rows = (ys >= top) & (ys < top + h)                 # (B, height)
+    cols = (xs >= left) & (xs < left + w)               # (B, width)
+    return (rows[:, :, None] & cols[:, None, :])[:, None].float()
 
 
 class EpochSeeded(Dataset):
@@ -95,7 +107,8 @@ class EpochSeeded(Dataset):
 
 
 class TrainCrops(EpochSeeded):
-    """Augmented training crops: item -> (image (3, crop, crop) float, labels (C,) float, index)."""
+    """Augmented training crops: item -> (image (3, crop, crop) float, labels (C,) float, index,
+    box (4,) int64: where the image lies in the crop, the rest padding; see :func:`box_mask`)."""
 
     def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int,
                  crop_size: int, resize_long: Sequence[int], hflip: bool, jitter: float, seed: int):
@@ -113,8 +126,8 @@ class TrainCrops(EpochSeeded):
             img = img[:, ::-1]
         if self.jitter > 0:
             img = color_jitter(img, self.jitter, rng)
-        img = random_crop(normalize(img), self.crop_size, rng)
-        return to_tensor(img), multi_hot(self.labels[image_id], self.num_classes), index
+        img, box = random_crop(normalize(img), self.crop_size, rng)
+        return to_tensor(img), multi_hot(self.labels[image_id], self.num_classes), index, torch.tensor(box)
 
 
 class WholeImages(Dataset):

@@ -2,7 +2,8 @@
 
 Each of the four Swin stage maps (strides 4, 8, 16, 32) goes through a 1x1 conv + GroupNorm +
 ReLU to ``dim`` channels and is bilinearly brought to the stride-4 grid; the four are
-concatenated and a 1x1 conv + GroupNorm + ReLU and a 1x1 conv give the boundary logit.
+concatenated and one 1x1 conv (with bias) gives the boundary logit, as IRN's edge branch does
+with its five ResNet levels.
 The backbone runs in eval mode without gradients (IRN trains only its branches); only the head
 is trained and saved. :mod:`wsss.refine.affinity` turns the boundary map into affinities.
 """
@@ -23,14 +24,13 @@ class BoundaryHead(nn.Module):
     def __init__(self, in_dims: list[int], dim: int = 32):
         super().__init__()
         self.sides = nn.ModuleList(_branch(c, dim) for c in in_dims)
-        self.fuse = _branch(dim * len(in_dims), dim)
-        self.out = nn.Conv2d(dim, 1, 1)
+        self.out = nn.Conv2d(dim * len(in_dims), 1, 1)
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
         grid = stages[0].shape[-2:]
         sides = [F.interpolate(side(s), size=grid, mode="bilinear", align_corners=False) if i else side(s)
                  for i, (side, s) in enumerate(zip(self.sides, stages))]
-        return self.out(self.fuse(torch.cat(sides, dim=1)))
+        return self.out(torch.cat(sides, dim=1))
 
 
 class RelationNet(nn.Module):
@@ -50,8 +50,12 @@ class RelationNet(nn.Module):
         self.classifier.eval()       # the backbone stays frozen (no dropout / drop-path)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W), H and W multiples of :attr:`pad_multiple` -> boundary (B, H/4, W/4) in [0, 1]."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W), H and W multiples of :attr:`pad_multiple` -> boundary logits (B, H/4, W/4)."""
         with torch.no_grad():
             _, stages = self.classifier.features(x)
-        return torch.sigmoid(self.head([s.float() for s in stages]))[:, 0]
+        return self.head([s.float() for s in stages])[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) -> boundary (B, H/4, W/4) in [0, 1]: the sigmoid of :meth:`logits`."""
+        return torch.sigmoid(self.logits(x))

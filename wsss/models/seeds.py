@@ -10,11 +10,45 @@ Pure functions on batched tensors, in the order the model applies them:
    affinity row (an IoU of two soft masks), giving one-hot seeds (B, C+1, h, w).
 4. :func:`class_prototypes`: the mean feature of each seed region (B, C+1, D).
 5. :func:`reactivate`: ``ReLU(cos(F, P_k))`` (B, C+1, h, w), the R-CAM before max-normalising.
+
+Padding: an input padded to the model's tiling (inference) or a crop smaller than the crop
+size (training) carries tokens that are not the image. Each step takes ``valid`` (B, 1, h, w)
+in {0, 1} on its grid (``None``: every token is the image; :func:`valid_grid` makes it from a
+pixel mask): padded tokens are no affinity neighbour, no part of a class map or of a
+structural match, never a seed, never in a prototype, and their R-CAM is 0, so an image gets
+the same seeds and R-CAM whatever padding surrounds it (as SIPE, which never sees padding).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def valid_grid(valid: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor | None:
+    """A pixel mask (B, 1, H, W) in {0, 1} -> (B, 1, h, w) on a grid that divides it: a cell is
+    valid when any of its pixels is (a token that overlaps the image is the image's)."""
+    if valid is None:
+        return None
+    if tuple(valid.shape[-2:]) == tuple(grid):
+        return valid
+    return F.adaptive_max_pool2d(valid.float(), grid)
+
+
+def masked(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """x (B, K, h, w) with padded cells zeroed (``valid`` None: x itself)."""
+    return x if valid is None else x * valid.to(x.dtype)
+
+
+def resize_valid(x: torch.Tensor, valid: torch.Tensor | None, valid_out: torch.Tensor | None,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of x (B, K, h, w) to ``size`` from its valid cells only (normalised
+    convolution: resize(x v) / resize(v)), 0 on the padded cells of ``valid_out``: near the
+    padding, values come from the image as at an image border, never from the padding."""
+    up = F.interpolate(masked(x, valid), size=size, mode="bilinear", align_corners=False)
+    if valid is None:
+        return up
+    weight = F.interpolate(valid.to(x.dtype), size=size, mode="bilinear", align_corners=False)
+    return masked(up / weight.clamp_min(1e-6), valid_out)
 
 
 def with_background(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,13 +75,19 @@ def token_affinity(tokens: torch.Tensor, mode: str = "abs", eps: float = 1e-5) -
     raise ValueError(f"token_affinity: mode must be 'abs' or 'relu', got {mode!r}")
 
 
-def structural_match(affinity: torch.Tensor, maps: torch.Tensor, bg_weight: float = 0.5) -> torch.Tensor:
+def structural_match(affinity: torch.Tensor, maps: torch.Tensor, bg_weight: float = 0.5,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """IoU of each token's affinity row with each class map: (B, N, N), (B, K, h, w) -> (B, K, h, w).
 
     ``inter = sum_j S_ij m_k(j)``, ``union = sum_j S_ij + sum_j m_k(j) - inter``; the background
-    row (k = 0) is multiplied by ``bg_weight`` (SIPE: 0.5).
+    row (k = 0) is multiplied by ``bg_weight`` (SIPE: 0.5). With ``valid`` (B, 1, h, w), the sums
+    run over valid tokens j only (padded rows of S and cells of the maps are zeroed).
     """
     b, k, h, w = maps.shape
+    if valid is not None:
+        v = valid.flatten(2).to(affinity.dtype)           # (B, 1, N)
+        affinity = affinity * v * v.transpose(1, 2)
+        maps = masked(maps, valid)
     m = maps.flatten(2)                                   # (B, K, N)
     inter = m @ affinity.transpose(1, 2)                  # (B, K, N): sum_j m_k(j) S_ij
     union = affinity.sum(dim=2)[:, None, :] + m.sum(dim=2, keepdim=True) - inter
@@ -58,17 +98,18 @@ def structural_match(affinity: torch.Tensor, maps: torch.Tensor, bg_weight: floa
 
 
 def structural_seeds(tokens: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, affinity: str = "abs",
-                     bg_weight: float = 0.5) -> torch.Tensor:
+                     bg_weight: float = 0.5, valid: torch.Tensor | None = None) -> torch.Tensor:
     """One-hot seeds R (B, C+1, h, w) from tokens (B, D, h, w) and the (C+1) map M on their grid.
 
     Each token takes the class of largest structural match; the result is masked by the image's
-    labels (B, C) (the background channel always kept). No gradient flows through seeds.
+    labels (B, C) (the background channel always kept) and by ``valid`` (a padded token is no
+    seed: all its channels 0). No gradient flows through seeds.
     """
     with torch.no_grad():
-        match = structural_match(token_affinity(tokens.float(), affinity), maps.float(), bg_weight)
+        match = structural_match(token_affinity(tokens.float(), affinity), maps.float(), bg_weight, valid)
         seeds = F.one_hot(match.argmax(dim=1), maps.shape[1]).permute(0, 3, 1, 2).to(maps.dtype)
         keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1).to(maps.dtype)
-        return seeds * keep[:, :, None, None]
+        return masked(seeds * keep[:, :, None, None], valid)
 
 
 def class_prototypes(seeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -81,10 +122,12 @@ def class_prototypes(seeds: torch.Tensor, features: torch.Tensor) -> torch.Tenso
     return total / area.clamp_min(1.0)
 
 
-def reactivate(prototypes: torch.Tensor, features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """R-CAM before normalising: ReLU(cos(F, P_k)); prototypes (B, K, D), features (B, D, h, w) -> (B, K, h, w)."""
+def reactivate(prototypes: torch.Tensor, features: torch.Tensor, eps: float = 1e-5,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+    """R-CAM before normalising: ReLU(cos(F, P_k)); prototypes (B, K, D), features (B, D, h, w) ->
+    (B, K, h, w), 0 on padded cells (``valid`` (B, 1, h, w))."""
     b, d, h, w = features.shape
     f = features.flatten(2)
     f = f / (f.norm(dim=1, keepdim=True) + eps)
     p = prototypes / (prototypes.norm(dim=2, keepdim=True) + eps)
-    return F.relu(p @ f).view(b, -1, h, w)
+    return masked(F.relu(p @ f).view(b, -1, h, w), valid)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from . import swin
 from .hff import HierarchicalFeatureFusion
-from .seeds import class_prototypes, reactivate, structural_seeds, with_background
+from .seeds import (class_prototypes, masked, reactivate, resize_valid, structural_seeds, valid_grid,
+                    with_background)
 
 
 @dataclass
@@ -75,8 +76,10 @@ class SWTformerV1(nn.Module):
         t_out, stages = self.backbone.forward_intermediates(x, norm=False)
         return t_out.permute(0, 3, 1, 2).contiguous(), stages
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, 3, H, W) -> {"logits": (B, C), "cam_raw": F_out (B, C, H/32, W/32)} (labels unused)."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 3, H, W) -> {"logits": (B, C), "cam_raw": F_out (B, C, H/32, W/32)} (labels and
+        valid unused: V1's CAM is cropped to the image after the forward pass)."""
         t_out, _ = self.features(x)
         f_out = self.head(t_out)
         return {"logits": f_out.mean(dim=(2, 3)), "cam_raw": f_out}
@@ -98,29 +101,44 @@ class SWTformerV2(SWTformerV1):
     def new_parameters(self) -> list[nn.Parameter]:
         return [*self.head.parameters(), *self.hff.parameters()]
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, 3, H, W), labels (B, C) multi-hot or None.
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 3, H, W), labels (B, C) multi-hot or None, valid (B, 1, H, W) in {0, 1} or None:
+        which pixels are the image (not padding; None: all of them).
 
-        Without labels, as V1 (classification only). With labels, also, for h2, w2 = H/16, W/16:
+        Without labels, as V1 (classification only). With labels, also, for h2, w2 = H/16, W/16
+        (see :meth:`seed_maps`):
 
         - ``"cam_bg"`` (B, C+1, h2, w2): ``M`` (background + present classes, max-normed CAMs)
           bilinearly resized to the ``F_hie`` grid;
         - ``"rcam_raw"`` (B, C+1, h2, w2): ``ReLU(cos(F_hie, P_k))`` in [0, 1], not max-normed;
-        - ``"seeds"`` (B, C+1, H/32, W/32): the one-hot seeds on the token grid.
+        - ``"seeds"`` (B, C+1, H/32, W/32): the one-hot seeds on the token grid;
+        - ``"valid"`` (B, 1, h2, w2): the cells of the ``F_hie`` grid that are the image.
         """
         t_out, stages = self.features(x)
         f_out = self.head(t_out)
         out = {"logits": f_out.mean(dim=(2, 3)), "cam_raw": f_out}
         if labels is None:
             return out
-        m = with_background(max_norm(F.relu(f_out.float())), labels)
-        seeds = structural_seeds(t_out, m, labels, self.cfg.affinity, self.cfg.bg_weight)
-        f_hie = self.hff(stages).float()
+        return {**out, **self.seed_maps(t_out, f_out, self.hff(stages), labels, valid)}
+
+    def seed_maps(self, t_out: torch.Tensor, f_out: torch.Tensor, f_hie: torch.Tensor, labels: torch.Tensor,
+                  valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """V2's seeds, prototypes and R-CAM from T_out (B, D, h, w), F_out (B, C, h, w), F_hie
+        (B, D', 2h, 2w) and labels (B, C); padding (``valid``, a pixel mask) masked out of every
+        step: the CAMs are max-normed over the image's tokens, padded tokens are neither
+        affinity neighbours nor seeds nor in a prototype, and ``M`` and the R-CAM are 0 there."""
+        f_hie = f_hie.float()
         grid = f_hie.shape[-2:]
-        prototypes = class_prototypes(F.interpolate(seeds, size=grid, mode="nearest"), f_hie)
-        out["rcam_raw"] = reactivate(prototypes, f_hie)
-        out["cam_bg"] = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-        out["seeds"] = seeds
+        v_tok, v_hie = valid_grid(valid, f_out.shape[-2:]), valid_grid(valid, grid)
+        m = masked(with_background(max_norm(masked(F.relu(f_out.float()), v_tok)), labels), v_tok)
+        seeds = structural_seeds(t_out, m, labels, self.cfg.affinity, self.cfg.bg_weight, v_tok)
+        prototypes = class_prototypes(masked(F.interpolate(seeds, size=grid, mode="nearest"), v_hie), f_hie)
+        out = {"rcam_raw": reactivate(prototypes, f_hie, valid=v_hie),
+               "cam_bg": resize_valid(m, v_tok, v_hie, grid),
+               "seeds": seeds}
+        if valid is not None:
+            out["valid"] = v_hie
         return out
 
     @staticmethod

@@ -5,12 +5,16 @@ All of it works on one grid (the relation net's stride-4 grid) and on the *pairs
 radius ``r`` (``0 < |d| < r``) that points forward (``dy > 0``, or ``dy == 0`` and ``dx > 0``);
 the other half is the same pairs seen from the other end.
 
-- The affinity of a pair is ``1 - max`` of the boundary map along the straight line between the
-  two cells (IRN, Ahn et al. 2019): two cells are related unless a class boundary separates them.
-  Pairs that leave the grid get affinity 0.
+- The affinity of a pair is ``1 - max`` of the boundary map over the cells of its *path*
+  (IRN, Ahn et al. 2019, ``PathIndex``): every cell of the box spanned by the two cells whose
+  centre lies closer than 1 to the line through them (:func:`path_cells`), both ends included.
+  Two cells are related unless a class boundary separates them. Pairs that leave the grid get
+  affinity 0.
 - Training labels of a pair come from confident labels (0 = background, 1.. = classes,
   255 = unsure): both background, both the same class (positive pairs), or two different labels
-  (negative pairs); a pair touching an unsure cell is not used.
+  (negative pairs); a pair touching an unsure cell is not used. As IRN, pairs start only from
+  the cells whose every forward pair stays on the grid (:func:`source_cells`: the bottom
+  ``radius - 1`` rows and the left and right ``radius - 1`` columns are no source).
 - The random walk spreads seed scores ``x`` (K, N) over the symmetric affinity (with self loops)
   raised to ``beta``: ``x <- x T`` with ``T = A D^-1`` (columns sum to 1), ``iterations`` times,
   which is IRN's ``x T^(2^8)`` done as 256 sparse products instead of 8 dense squarings.
@@ -37,15 +41,23 @@ def displacements(radius: int) -> tuple[tuple[int, int], ...]:
 
 
 @cache
-def line_cells(dy: int, dx: int) -> tuple[tuple[int, int], ...]:
-    """The grid cells on the segment from (0, 0) to (dy, dx), both ends included, in order."""
-    n = max(abs(dy), abs(dx))
-    cells = []
-    for i in range(n + 1):
-        c = (round(dy * i / n), round(dx * i / n))
-        if not cells or cells[-1] != c:
-            cells.append(c)
-    return tuple(cells)
+def path_cells(dy: int, dx: int) -> tuple[tuple[int, int], ...]:
+    """IRN's path from (0, 0) to (dy, dx): the cells (y, x) of the box spanned by the two ends
+    whose distance to the line through them is below 1, ``(dy x - dx y)^2 < dy^2 + dx^2``; both
+    ends included, row by row. E.g. (1, -1): the whole 2x2 box; (2, 2): the box but its two
+    far corners; (0, 3): the 4 cells of the row."""
+    l2 = dy * dy + dx * dx
+    return tuple((y, x) for y in range(min(0, dy), max(0, dy) + 1) for x in range(min(0, dx), max(0, dx) + 1)
+                 if (dy * x - dx * y) ** 2 < l2)
+
+
+def source_cells(h: int, w: int, radius: int, device=None) -> torch.Tensor:
+    """IRN's training sources on an (h, w) grid: (h, w) bool, False in the bottom ``radius - 1``
+    rows and the left and right ``radius - 1`` columns (where some forward pair would leave)."""
+    band = radius - 1
+    keep = torch.zeros(h, w, dtype=torch.bool, device=device)
+    keep[: max(0, h - band), band: max(band, w - band)] = True
+    return keep
 
 
 def _shift(padded: torch.Tensor, oy: int, ox: int, r: int, h: int, w: int) -> torch.Tensor:
@@ -61,20 +73,21 @@ def boundary_to_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     padded = F.pad(boundary, (r, r, r, r), value=1.0)   # leaving the grid crosses a boundary
     out = []
     for dy, dx in displacements(radius):
-        path = torch.stack([_shift(padded, oy, ox, r, h, w) for oy, ox in line_cells(dy, dx)])
+        path = torch.stack([_shift(padded, oy, ox, r, h, w) for oy, ox in path_cells(dy, dx)])
         out.append(1.0 - path.amax(dim=0))
     return torch.stack(out, dim=1)
 
 
 def pair_labels(labels: torch.Tensor, radius: int) -> dict[str, torch.Tensor]:
     """labels (B, H, W) int (255 unsure) -> boolean masks (B, D, H, W) of the pairs that are
-    ``bg_pos`` (both background), ``fg_pos`` (both the same class) and ``neg`` (labels differ)."""
+    ``bg_pos`` (both background), ``fg_pos`` (both the same class) and ``neg`` (labels differ);
+    only pairs from IRN's :func:`source_cells`."""
     h, w = labels.shape[-2:]
     r = radius
     padded = F.pad(labels.long(), (r, r, r, r), value=IGNORE)
     a = labels.long()[:, None]
     b = torch.stack([_shift(padded, dy, dx, r, h, w) for dy, dx in displacements(radius)], dim=1)
-    valid = (a != IGNORE) & (b != IGNORE)
+    valid = (a != IGNORE) & (b != IGNORE) & source_cells(h, w, radius, labels.device)
     same = valid & (a == b)
     return {"bg_pos": same & (a == 0), "fg_pos": same & (a > 0), "neg": valid & (a != b)}
 
@@ -124,7 +137,8 @@ def transition_matrix(affinity: torch.Tensor, radius: int, beta: float) -> torch
 
 def random_walk(scores: torch.Tensor, affinity: torch.Tensor, radius: int, beta: float,
                 iterations: int) -> torch.Tensor:
-    """scores (K, H, W) >= 0, affinity (D, H, W) -> scores after ``iterations`` steps of the walk."""
+    """scores (K, H, W) >= 0, affinity (D, H, W) -> scores after ``iterations`` steps of the walk
+    (each step: every cell takes the ``A^beta``-weighted mean of itself and its neighbours)."""
     k, h, w = scores.shape
     m = transition_matrix(affinity.float(), radius, beta)
     x = scores.float().reshape(k, h * w).T.contiguous()   # (N, K)

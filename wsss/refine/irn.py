@@ -7,10 +7,13 @@ with Inter-pixel Relations", 2019; SPEC "Refinement").
 2. :func:`train_relations`: random rescale / flip / crop of image and labels together; labels
    taken on the stride-4 grid; :func:`wsss.refine.affinity.relation_loss` over the pairs within
    ``train_radius``; only the boundary head learns (the classifier is frozen).
-3. :class:`Walker`: the boundary map of the whole image (and its flip) -> affinities within
-   ``walk_radius`` -> the seeds, averaged onto the stride-4 grid, walked ``iterations`` steps with
-   ``beta`` -> back to full size -> labels: a CAM's walked channels are max-normalised and cut
-   at ``bg_threshold``; an R-CAM's walked channels (background included) by their argmax.
+3. :class:`Walker`: the boundary map of the whole image (the sigmoid of the mean of its and
+   its flip's logits) -> affinities within ``walk_radius`` -> the seeds, resized onto the
+   stride-4 grid (an R-CAM raised to ``rcam_power`` first, as SIPE), times ``1 - boundary``,
+   walked ``iterations`` steps with ``beta`` -> back to full size, divided by their global
+   maximum -> labels: a CAM gets a constant background channel at ``bg_threshold`` and the
+   argmax (IRN's ``make_sem_seg_labels``); an R-CAM's walked channels (background included)
+   go by their argmax (SIPE's ``make_seg_labels``).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class IRNConfig:
     batch_size: int = 16
     crop_size: int = 128
     resize_long: tuple[int, int] = (96, 192)
+    optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dim: int = 32
@@ -48,6 +52,7 @@ class IRNConfig:
     beta: float = 10.0
     iterations: int = 16
     bg_threshold: float = 0.75
+    rcam_power: float = 1.5
     seed: int = 0
 
     @classmethod
@@ -82,15 +87,28 @@ class LabelCrops(EpochSeeded):
         if rng.random() < 0.5:
             img, lab = img[:, ::-1], lab[:, ::-1]
         # one crop for both: the labels ride along as a 4th channel, shifted by 1 so padding reads 0
-        both = random_crop(np.concatenate([normalize(img), lab[..., None] + 1], axis=2), cfg.crop_size, rng)
+        both, _ = random_crop(np.concatenate([normalize(img), lab[..., None] + 1], axis=2), cfg.crop_size, rng)
         grid = both[STRIDE // 2::STRIDE, STRIDE // 2::STRIDE, 3].astype(np.int64) - 1
         grid[grid < 0] = affinity.IGNORE
         return to_tensor(np.ascontiguousarray(both[..., :3])), torch.from_numpy(grid)
 
 
+def make_optimizer(params, cfg: IRNConfig, total_steps: int, warmup_steps: int):
+    """(optimizer, LambdaLR schedule) for the boundary head: ``adamw`` with warm-up + cosine, or
+    ``sgd`` as IRN's ``PolyOptimizer``: plain SGD (IRN's call passes its weight decay where SGD
+    takes the momentum: in effect none), learning rate ``lr * (1 - step / total) ** 0.9``."""
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / total_steps) ** 0.9)
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps, 0.01))
+    raise ValueError(f"refine.irn.optimizer: '{cfg.optimizer}' is not adamw or sgd")
+
+
 def train_relations(net: RelationNet, dataset: LabelCrops, cfg: IRNConfig, device: torch.device,
                     live=None) -> dict:
-    """Train ``net.head`` in place (AdamW, warm-up + cosine); return the last epoch's mean losses."""
+    """Train ``net.head`` in place (:func:`make_optimizer`); return the last epoch's mean losses."""
     net.to(device).train()
     sampler = EpochShuffle(len(dataset), cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
@@ -98,8 +116,7 @@ def train_relations(net: RelationNet, dataset: LabelCrops, cfg: IRNConfig, devic
     if steps == 0:
         raise TrainingError(f"{len(dataset)} training images are fewer than one batch of "
                             f"refine.irn.batch_size={cfg.batch_size}")
-    optimizer = torch.optim.AdamW(net.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps, steps // 2, 0.01))
+    optimizer, schedule = make_optimizer(net.head.parameters(), cfg, cfg.epochs * steps, steps // 2)
     summary: dict = {}
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
@@ -139,22 +156,22 @@ class Walker:
 
     @torch.no_grad()
     def boundary(self, image: np.ndarray) -> torch.Tensor:
-        """Boundary map (ceil(H/4), ceil(W/4)) of an RGB image, averaged with its flip's."""
+        """Boundary map (ceil(H/4), ceil(W/4)) of an RGB image: the sigmoid of the mean of its
+        and its flip's logits (IRN's ``EdgeDisplacement``)."""
         h, w = image.shape[:2]
         x = to_tensor(normalize(image))[None]
         x = torch.cat([x, x.flip(-1)])
         m = self.net.pad_multiple
         x = F.pad(x, (0, (-w) % m, 0, (-h) % m)).to(self.device)
-        b = self.net(x)
+        b = self.net.logits(x)
         gh, gw = -(-h // STRIDE), -(-w // STRIDE)
         # each copy was padded on its right: its valid cells come first; the flip's are mirrored back
-        return (b[0, :gh, :gw] + b[1, :gh, :gw].flip(-1)) / 2
+        return torch.sigmoid((b[0, :gh, :gw] + b[1, :gh, :gw].flip(-1)) / 2)
 
     @torch.no_grad()
     def scores(self, image: np.ndarray, maps: dict[str, np.ndarray]) -> torch.Tensor:
-        """The walked seeds at full size, max-normalised per channel: (k, H, W) for a CAM,
-        (k + 1, H, W) with the background first for an R-CAM."""
-        cfg = self.cfg
+        """The walked seeds at full size: (k, H, W) for a CAM, (k + 1, H, W) with the background
+        first for an R-CAM (not yet normalised: :func:`walked_labels` divides by the global max)."""
         h, w = image.shape[:2]
         b = self.boundary(image)
         gh, gw = b.shape
@@ -162,20 +179,38 @@ class Walker:
             x = torch.from_numpy(labels.seed_scores(maps, "rcam", 0.0))
         else:
             x = torch.from_numpy(maps["cam"].astype(np.float32))
-        # seeds onto the stride-4 grid: average each 4x4 cell (edge-padded to whole cells)
-        x = F.pad(x[None], (0, gw * STRIDE - w, 0, gh * STRIDE - h), mode="replicate")
-        x = F.avg_pool2d(x, STRIDE)[0].to(self.device)
-        aff = affinity.boundary_to_affinity(b[None], cfg.walk_radius)[0]
-        walked = affinity.random_walk(x, aff, cfg.walk_radius, cfg.beta, cfg.iterations)
-        up = F.interpolate(walked[None], size=(gh * STRIDE, gw * STRIDE), mode="bilinear",
-                           align_corners=False)[0, :, :h, :w]
-        return up / (up.flatten(1).amax(dim=1)[:, None, None] + 1e-5)
+        # seeds onto the boundary's stride-4 grid (as SIPE resizes its IS-CAMs)
+        x = F.interpolate(x[None], size=(gh, gw), mode="bilinear", align_corners=False)[0].to(self.device)
+        walked = walk(x, b, self.kind, self.cfg)
+        return F.interpolate(walked[None], size=(gh * STRIDE, gw * STRIDE), mode="bilinear",
+                             align_corners=False)[0, :, :h, :w]
 
     def __call__(self, image: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
-        """Class-id labels (H, W) uint8: walked CAMs cut at ``bg_threshold``, walked R-CAMs by argmax."""
-        walked = self.scores(image, maps)
-        if self.kind == "cam":
-            walked = torch.cat([torch.full((1, *walked.shape[1:]), self.cfg.bg_threshold, device=walked.device),
-                                walked])
-        compact = walked.argmax(dim=0).to(torch.uint8).cpu().numpy()
-        return labels.to_class_ids(compact, [int(k) for k in maps["keys"]])
+        """Class-id labels (H, W) uint8 (:func:`walked_labels` of :meth:`scores`)."""
+        compact = walked_labels(self.scores(image, maps), self.kind, self.cfg.bg_threshold)
+        return labels.to_class_ids(compact.cpu().numpy(), [int(k) for k in maps["keys"]])
+
+
+def walk(seeds: torch.Tensor, boundary: torch.Tensor, kind: str, cfg: IRNConfig) -> torch.Tensor:
+    """The random walk of seeds (K, h, w) >= 0 on the boundary's grid (h, w) in [0, 1]: an
+    R-CAM raised to ``rcam_power`` first (SIPE), then times ``1 - boundary`` (IRN and SIPE: no
+    seed mass starts on a boundary), walked ``iterations`` steps over the affinities within
+    ``walk_radius`` raised to ``beta``. Returns (K, h, w)."""
+    x = seeds.clamp_min(0)
+    if kind == "rcam":
+        x = x ** cfg.rcam_power
+    x = x * (1.0 - boundary)
+    aff = affinity.boundary_to_affinity(boundary[None], cfg.walk_radius)[0]
+    return affinity.random_walk(x, aff, cfg.walk_radius, cfg.beta, cfg.iterations)
+
+
+def walked_labels(walked: torch.Tensor, kind: str, bg_threshold: float) -> torch.Tensor:
+    """Compact labels (H, W) uint8 from walked seeds (K, H, W): divided by their *global*
+    maximum (one scale for all channels, as IRN); a CAM's classes then compete with a constant
+    background at ``bg_threshold`` (IRN's ``sem_seg_bg_thres``), an R-CAM's channels
+    (background first) by themselves (SIPE); the argmax, ties to the background."""
+    walked = walked / (walked.max() + 1e-5)
+    if kind == "cam":
+        walked = torch.cat([torch.full((1, *walked.shape[1:]), bg_threshold, dtype=walked.dtype,
+                                       device=walked.device), walked])
+    return walked.argmax(dim=0).to(torch.uint8)

@@ -26,15 +26,6 @@ def seed_scores(maps: dict[str, np.ndarray], kind: str, bg_threshold: float) -> 
     return np.concatenate([bg, cam])
 
 
-def foreground_scores(maps: dict[str, np.ndarray], kind: str) -> np.ndarray:
-    """Foreground scores (k, H, W) to cut at thresholds: the CAM, or the R-CAM's class channels
-    zeroed where its background channel wins (an R-CAM's background is its own, not a threshold)."""
-    if kind == "cam":
-        return maps["cam"].astype(np.float32)
-    rcam = seed_scores(maps, "rcam", 0.0)
-    return np.where(np.argmax(rcam, axis=0)[None] > 0, rcam[1:], 0.0).astype(np.float32)
-
-
 def seed_labels(scores: np.ndarray) -> np.ndarray:
     """Compact label map (H, W) uint8: the argmax, ties to the background (channel 0).
 
@@ -51,25 +42,33 @@ def to_class_ids(compact: np.ndarray, keys: Sequence[int]) -> np.ndarray:
     return lut[compact.astype(np.uint8)]
 
 
-def confident_labels(fg_scores: np.ndarray, fg_threshold: float, bg_threshold: float,
-                     clean=None) -> np.ndarray:
-    """IRN's confident regions from foreground scores (k, H, W): compact labels with 255 = unsure.
+def confident_cuts(maps: dict[str, np.ndarray], kind: str, fg_threshold: float, bg_threshold: float,
+                   rcam_bg_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two compact label maps (H, W) that confident labels combine: a *high* cut (little
+    foreground) and a *low* cut (much foreground).
 
-    Foreground where the top class beats ``fg_threshold`` (high), background where no class
-    beats ``bg_threshold`` (low), unsure in between. ``clean`` (compact labels, n) -> labels,
-    e.g. a dense CRF on hard labels, is applied to both cuts first, as IRN does.
+    - CAM (IRN's ``cam_to_ir_label``): the argmax with a constant background at ``fg_threshold``
+      (high) and at ``bg_threshold`` (low);
+    - R-CAM (SIPE's ``cam2ir``): the argmax of the R-CAM (high) and the argmax with its
+      background channel multiplied by ``rcam_bg_scale`` (low; SIPE: 0.5). No thresholds.
     """
+    if kind == "rcam":
+        rcam = seed_scores(maps, "rcam", 0.0)
+        low = rcam.copy()
+        low[0] *= rcam_bg_scale
+        return seed_labels(rcam), seed_labels(low)
     if fg_threshold < bg_threshold:
         raise ValueError(f"fg_threshold {fg_threshold} must be >= bg_threshold {bg_threshold}")
-    n = fg_scores.shape[0] + 1
+    return (seed_labels(seed_scores(maps, "cam", fg_threshold)),
+            seed_labels(seed_scores(maps, "cam", bg_threshold)))
 
-    def cut(t: float) -> np.ndarray:
-        pad = np.full((1, *fg_scores.shape[1:]), t, dtype=np.float64)
-        labels = seed_labels(np.concatenate([pad, fg_scores.astype(np.float64)]))
-        return clean(labels, n) if clean is not None else labels
 
-    fg, bg = cut(fg_threshold), cut(bg_threshold)
-    out = fg.copy()
-    out[fg == 0] = IGNORE
-    out[bg == 0] = 0
+def confident_labels(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """IRN's rule for confident regions from two compact label maps (each already cleaned, e.g.
+    by a label CRF): the high cut's class where it says foreground; background only where
+    *both* cuts say background; unsure (255) where the high cut says background and the low
+    cut foreground. Returns compact labels (H, W) uint8."""
+    out = high.astype(np.uint8).copy()
+    out[high == 0] = IGNORE
+    out[(high == 0) & (low == 0)] = 0
     return out

@@ -49,11 +49,14 @@ def pseudo_label(image: np.ndarray, maps: dict[str, np.ndarray], cfg: RefineConf
 
 @dataclass(frozen=True)
 class ConfidentConfig:
-    """IRN's confident labels: two cuts of the foreground scores, each cleaned by a label CRF."""
+    """Confident labels: two cuts of the seeds (IRN's thresholds for a CAM, SIPE's halved
+    background for an R-CAM; :func:`wsss.refine.labels.confident_cuts`), each cleaned by a
+    label CRF, combined by IRN's rule (:func:`wsss.refine.labels.confident_labels`)."""
 
     kind: str                    # cam | rcam
-    fg_threshold: float
-    bg_threshold: float
+    fg_threshold: float          # CAM only
+    bg_threshold: float          # CAM only
+    rcam_bg_scale: float = 0.5   # R-CAM only
     clean: bool = True
     gt_prob: float = 0.7
     crf: crf.CRFConfig = crf.CRFConfig(bilateral_sxy=50, bilateral_srgb=5)
@@ -61,10 +64,11 @@ class ConfidentConfig:
 
 def confident_label(image: np.ndarray, maps: dict[str, np.ndarray], cfg: ConfidentConfig) -> np.ndarray:
     """Class-id labels (H, W) uint8 with 255 = unsure, for training the relation net."""
-    clean = partial(crf.crf_from_labels, image, gt_prob=cfg.gt_prob, cfg=cfg.crf) if cfg.clean else None
-    compact = labels.confident_labels(labels.foreground_scores(maps, cfg.kind), cfg.fg_threshold,
-                                      cfg.bg_threshold, clean)
-    return labels.to_class_ids(compact, [int(k) for k in maps["keys"]])
+    n = len(maps["keys"]) + 1
+    cuts = labels.confident_cuts(maps, cfg.kind, cfg.fg_threshold, cfg.bg_threshold, cfg.rcam_bg_scale)
+    if cfg.clean:
+        cuts = tuple(crf.crf_from_labels(image, cut, n, gt_prob=cfg.gt_prob, cfg=cfg.crf) for cut in cuts)
+    return labels.to_class_ids(labels.confident_labels(*cuts), [int(k) for k in maps["keys"]])
 
 
 def _one(task: tuple) -> str:
