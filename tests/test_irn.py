@@ -43,11 +43,13 @@ def test_path_cells_are_irns():
     assert set(affinity.path_cells(1, -3)) == box(1, -3)                # 8: corners at 3/sqrt(10)
     # (2, -3): 8 of the 12 cells of its box, (0, -2) and (2, -1) at 4/sqrt(13) = 1.11 left out
     assert set(affinity.path_cells(2, -3)) == {(0, 0), (0, -1), (1, 0), (1, -1), (1, -2), (1, -3), (2, -2), (2, -3)}
-    for dy, dx in affinity.displacements(5):
-        cells = affinity.path_cells(dy, dx)
-        assert (0, 0) in cells and (dy, dx) in cells and len(set(cells)) == len(cells)
-        for y, x in cells:
-            assert (dy * x - dx * y) ** 2 < dy * dy + dx * dx         # within 1 of the line
+    for radius in (5, 10):
+        for dy, dx in affinity.displacements(radius):
+            cells = affinity.path_cells(dy, dx)
+            assert (0, 0) in cells and (dy, dx) in cells and len(set(cells)) == len(cells)
+            # the same set by plain geometry: box cells whose centre is closer than 1 to the line
+            near = {c for c in box(dy, dx) if abs(dy * c[1] - dx * c[0]) / math.hypot(dy, dx) < 1 - 1e-12}
+            assert set(cells) == near, (dy, dx)
     # with the rounded points on the line, 26 of the 34 displacements at radius 5 got fewer cells
     assert sum(len(affinity.path_cells(*d)) > max(abs(d[0]), abs(d[1])) + 1
                for d in affinity.displacements(5)) == 26
@@ -294,6 +296,25 @@ def test_train_relations_moves_only_the_head(tmp_path):
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("classifier."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
+
+
+def test_walker_boundary_is_the_sigmoid_of_the_mean_logit():
+    """IRN's EdgeDisplacement: sigmoid((logit(image) + flip(logit(flipped image))) / 2), not the
+    mean of the two sigmoids."""
+    from wsss.data.datasets import normalize, to_tensor
+    net = RelationNet(_tiny_classifier(), dim=8)
+    with torch.no_grad():
+        net.head.out.weight.mul_(200)                 # logits far from 0: the two rules part
+    walker = Walker(net, "cam", IRNConfig(), torch.device("cpu"))
+    image = np.random.default_rng(1).integers(0, 255, size=(40, 70, 3), dtype=np.uint8)
+    x = to_tensor(normalize(image))[None]
+    x = torch.nn.functional.pad(torch.cat([x, x.flip(-1)]), (0, (-70) % net.pad_multiple, 0, (-40) % net.pad_multiple))
+    with torch.no_grad():
+        logits = net.logits(x)[:, :10, :18]
+    want = torch.sigmoid((logits[0] + logits[1].flip(-1)) / 2)
+    torch.testing.assert_close(walker.boundary(image), want)
+    other = (torch.sigmoid(logits[0]) + torch.sigmoid(logits[1].flip(-1))) / 2
+    assert (other - want).abs().max() > 1e-3
 
 
 def test_walker_boundary_is_flip_symmetric_and_labels_are_class_ids():

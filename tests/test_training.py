@@ -83,6 +83,37 @@ def test_fit_is_deterministic_on_cpu():
     assert torch.equal(runs[0], runs[1])
 
 
+class Boxed(Rows):
+    """Rows as 2x2 'images' from crops that carry their image's box: the top row only."""
+
+    def __getitem__(self, i):
+        return self.x[i].view(1, 2, 2), self.y[i], i, torch.tensor([0, 0, 1, 2])
+
+
+class Recorder(Tiny):
+    """Tiny that records the pixel mask ``fit`` hands it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, labels=None, valid=None):
+        self.seen.append(valid)
+        return super().forward(x.flatten(1), labels)
+
+
+def test_fit_hands_the_crops_padding_mask_to_the_model():
+    model = Recorder()
+    fit(model, Boxed(), None, cfg(), torch.device("cpu"))
+    assert len(model.seen) == 4                      # 2 epochs x 2 batches of 4
+    top_row = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    for valid in model.seen:
+        assert valid.shape == (4, 1, 2, 2) and torch.equal(valid, top_row.expand(4, 1, 2, 2))
+    plain = Recorder()
+    fit(plain, Rows(), None, cfg(), torch.device("cpu"))
+    assert plain.seen == [None] * 4                  # items without a box: no mask, no keyword
+
+
 def test_nan_loss_stops_with_a_clear_error():
     model = Tiny(poison=True)
     before = model.body.weight.detach().clone()

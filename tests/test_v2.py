@@ -485,6 +485,25 @@ def test_v2_forward_masks_padding_through_its_grids():
     torch.testing.assert_close(b["cam_bg"][..., :6, :8], a["cam_bg"], atol=1e-5, rtol=1e-5)
 
 
+def test_multiscale_rcam_of_a_padded_image_is_the_unpadded_ones():
+    """Seed inference pads a 96 x 128 image to 128 x 128 (swin_demo's multiple is 64). With the
+    point-wise stand-ins, its R-CAM must be the one of the image run unpadded, up to the image's
+    border: the masked maps are 0 on padding, which the upsampling must not blend in."""
+    model = v2(num_classes=3).eval()
+    proj = torch.nn.Conv2d(3, model.backbone.num_features, 1, bias=False)
+    model.features = lambda x: (proj(F.avg_pool2d(x, 32)), [x])
+    model.hff = _PointwiseFusion()
+    img = (torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(9)) * 255).to(torch.uint8).numpy()
+    assert model.pad_multiple == 64
+    got = multiscale_maps(model, img, [1, 2], [1.0], flip=False, device=CPU)["rcam"]
+    from wsss.data.datasets import normalize, to_tensor
+    with torch.no_grad():
+        out = model(to_tensor(normalize(img))[None], torch.tensor([[1.0, 1.0, 0.0]]))
+    want = F.interpolate(out["rcam_raw"][:, :3], size=(96, 128), mode="bilinear", align_corners=False)[0]
+    want = want / (want.flatten(1).amax(dim=1)[:, None, None] + 1e-5)
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-5)
+
+
 def test_valid_grid_a_cell_is_the_image_where_any_pixel_is():
     from wsss.models.seeds import valid_grid
     valid = torch.zeros(1, 1, 64, 96)

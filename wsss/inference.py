@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.datasets import normalize, resize, to_tensor
+from .models.seeds import resize_valid
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -24,10 +25,17 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def _to_image(maps: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int], size: tuple[int, int],
-              flip: bool) -> torch.Tensor:
+              flip: bool, cells: torch.Tensor | None = None) -> torch.Tensor:
     """Maps (n, K, h', w') of a padded (pair of) input(s) -> (K, H, W): upsampled to the padded
-    input, cropped to the valid region, the flipped copy flipped back and added, resized to the image."""
-    maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)[..., :valid[0], :valid[1]]
+    input, cropped to the valid region, the flipped copy flipped back and added, resized to the
+    image. With ``cells`` (n, 1, h', w'), the cells that are the image, the upsampling takes its
+    values from those only (V2's masked maps are 0 on padding, which must not darken the image's
+    border): :func:`wsss.models.seeds.resize_valid`."""
+    if cells is None:
+        maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)
+    else:
+        maps = resize_valid(maps, cells, None, padded)
+    maps = maps[..., :valid[0], :valid[1]]
     if flip:
         maps = maps[0:1] + maps[1:2].flip(-1)
     return F.interpolate(maps[0:1], size=size, mode="bilinear", align_corners=False)[0]
@@ -67,7 +75,8 @@ def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[in
         if "rcam_raw" in out:
             per_scale["rcam"] = out["rcam_raw"].float()[:, with_bg]
         for name, m in per_scale.items():
-            m = _to_image(m, tuple(x.shape[-2:]), (sh, sw), (h, w), flip).cpu()
+            cells = out.get("valid") if name == "rcam" else None     # the R-CAM is 0 on padding
+            m = _to_image(m, tuple(x.shape[-2:]), (sh, sw), (h, w), flip, cells).cpu()
             totals[name] = totals[name] + m if name in totals else m
     return {name: (t / (t.flatten(1).amax(dim=1).clamp_min(0)[:, None, None] + 1e-5)).numpy()
             for name, t in totals.items()}

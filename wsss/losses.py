@@ -36,8 +36,9 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def gsc_loss(cam: torch.Tensor, rcam: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 5 as SIPE computes it: mean |CAM - R-CAM| over batch, the C+1 channels and pixels
-    (with ``valid`` (B, 1, h, w): the image's pixels only, not a crop's padding).
+    """Eq. 5 as SIPE computes it, mean |CAM - R-CAM| over batch, the C+1 channels and pixels;
+    with ``valid`` (B, 1, h, w), over the image's pixels only (SIPE averages over the whole crop,
+    its CAM zeroed on the padding and its IS-CAM not).
 
     cam, rcam: (B, C+1, h, w), both max-normed, on the same grid.
     """

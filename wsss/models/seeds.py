@@ -15,8 +15,11 @@ Padding: an input padded to the model's tiling (inference) or a crop smaller tha
 size (training) carries tokens that are not the image. Each step takes ``valid`` (B, 1, h, w)
 in {0, 1} on its grid (``None``: every token is the image; :func:`valid_grid` makes it from a
 pixel mask): padded tokens are no affinity neighbour, no part of a class map or of a
-structural match, never a seed, never in a prototype, and their R-CAM is 0, so an image gets
-the same seeds and R-CAM whatever padding surrounds it (as SIPE, which never sees padding).
+structural match, never a seed, never in a prototype, and their R-CAM is 0. Given the same
+tokens, CAM and fused features on the image, the seeds and the R-CAM there are the same
+whatever padding surrounds it (tested). What produces those features (Swin's windows, the
+3x3 CAM head, the fusion's convolutions and upsampling) still sees the padding next to the
+image, as SIPE's ResNet sees its training crops' padding; SIPE never pads at inference.
 """
 from __future__ import annotations
 
