@@ -43,12 +43,20 @@ def _env(**extra: str) -> dict:
     return env
 
 
+def _as_a_terminal_would() -> None:
+    """Ctrl-C's signal at its default in the child, as a terminal starts a command: pytest may
+    itself run with SIGINT ignored (started with ``&`` or ``nohup`` by a script), and an ignored
+    signal stays ignored across exec, which the stages respect."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Running:
     """A command in a session (process group) of its own, its stdout and stderr read as they come."""
 
     def __init__(self, cmd: list[str], cwd: Path, env: dict | None = None):
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                     preexec_fn=_as_a_terminal_would)
         self.lines: list[str] = []
         # text mode splits tqdm's carriage-return updates into lines too
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
@@ -118,7 +126,9 @@ def _temporaries(root: Path) -> list[str]:
 
 
 def _stopped_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if ": stopped " in line]
+    """The stop lines, without the blanks before them: a progress bar closed by the stop clears
+    its line with spaces, which the next line follows (a terminal shows it after them)."""
+    return [line.strip() for line in output.splitlines() if ": stopped " in line]
 
 
 # ------------------------------------------------------------- stand-in stages: pool and DataLoader
@@ -294,7 +304,8 @@ def test_a_stop_while_the_stage_imports_is_one_line_too(tmp_path: Path):
     # imported, not run as `python -m somestages.<module>` (a test, say): Ctrl-C is left as it was
     probe = subprocess.run([sys.executable, "-c", "import signal, somestages; "
                             "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
-                           cwd=tmp_path, env=_env(), capture_output=True, text=True, check=True)
+                           cwd=tmp_path, env=_env(), capture_output=True, text=True, check=True,
+                           preexec_fn=_as_a_terminal_would)
     assert probe.stdout.strip() == "True"
 
 
