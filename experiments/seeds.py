@@ -16,11 +16,10 @@ Any other override goes to every run with ``-S`` (e.g. ``-S data.root=/data/VOC2
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 
-from dvcexp import collect, run_queued
+from dvcexp import add_common_args, collect, finish, run_queued
 
 #: (column, path in metrics/evaluate.json)
 METRICS = (("seed mIoU", ("seed", "miou")), ("CAM mIoU (best threshold)", ("cam", "miou")),
@@ -63,11 +62,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--versions", nargs="+", choices=["v1", "v2"], default=["v1", "v2"])
-    ap.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra override for every run")
-    ap.add_argument("--report", action="store_true", help="do not run; print from existing experiments")
-    ap.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
-    ap.add_argument("--json", help="also write the summary to this JSON file")
+    add_common_args(ap)
     args = ap.parse_args(argv)
     if not args.report:
         run_queued({f"seed-{v}-{s}": [f"seed={s}", f"model.version={v}", *args.set]
@@ -75,11 +70,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     summary = summarise(collect("seed-"), args.versions, args.seeds)
-    print(table(summary))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
-    return 0 if summary else 1
+    return finish(summary, table(summary), args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import shutil
 from wsss import artifacts
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params
-from wsss.data.demo import generate_demo
+from wsss.data.demo import demo_style, generate_demo
 
 
 def main() -> None:
@@ -27,10 +27,14 @@ def main() -> None:
             what = f"not generated (data.root is '{p.data.root}')"
         else:
             d = p.data.demo
+            style = demo_style(d.variant, d.extent, d.background, d.texture)
             summary = generate_demo(tmp, seed=d.seed, n_train_aug=d.num_train_aug, n_train=d.num_train,
                                     n_val=d.num_val, min_size=d.min_size, max_size=d.max_size,
-                                    max_objects=d.max_objects, progress=True, workers=os.cpu_count() or 1)
-            what = f"{summary['num_images']} images in {out}"
+                                    max_objects=d.max_objects, style=style, progress=True,
+                                    workers=os.cpu_count() or 1)
+            what = (f"{summary['num_images']} images in {out} (variant {d.variant}: objects "
+                    f"{style.extent[0]:g}-{style.extent[1]:g} of the short side, {style.background} "
+                    f"background, {style.texture} textures)")
     except BaseException:   # also a stop (Ctrl-C, SIGTERM): no half-written set is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

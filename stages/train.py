@@ -42,8 +42,9 @@ def main() -> None:
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_mult=t.head_lr_mult,
                      weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, min_lr_ratio=t.min_lr_ratio,
                      num_workers=t.num_workers, amp=t.amp, seed=p.seed, checkpoint_every=t.checkpoint_every,
+                     collapse_floor=t.collapse_floor,
                      loss=LossWeights(w_gsc=p.loss.w_gsc, w_ccl=p.loss.w_ccl, ccl=p.loss.ccl,
-                                     ramp_epochs=p.loss.ramp_epochs))
+                                     ramp_epochs=p.loss.ramp_epochs, grad_to=p.loss.grad_to))
     loaded = f"{weights_info['loaded']} tensors loaded"
     if weights_info.get("partial"):
         loaded += (f"; partial: {len(weights_info['missing'])} backbone tensors left at init, "
@@ -78,6 +79,14 @@ def main() -> None:
     io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "seed_map": seed_map, "summary": summary,
                                          "pretrained": {"source": p.model.pretrained, **weights_info},
                                          "params": to_dict(p), "versions": runtime.versions()})
+    health = {"version": cfg.version, "last_epoch": summary.get("health", {})}
+    if "collapse" in summary:
+        health["collapse"] = summary["collapse"]
+        if summary["collapse"]["collapsed"]:
+            c = summary["collapse"]
+            print(f"train: WARNING: V2's seeds collapsed ({' and '.join(c['kinds'])} seeds vanished) in "
+                  f"epochs {c['collapsed_epochs']} (recorded in {artifacts.TRAIN_HEALTH})")
+    io.write_json(artifacts.TRAIN_HEALTH, health)
     checkpoint.clear()
     distributed.cleanup()
 

@@ -229,3 +229,93 @@ def test_voc_reader_reads_it(tiny):
         for image_id in voc.read_split(root, split, classes):
             record = voc.check_image(root, image_id, index, with_mask=True)
             assert record["labels"]
+
+
+# ------------------------------------------------------------------------------- variants
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(rgb[None].astype(np.uint8), cv2.COLOR_RGB2HSV)[0, :, 1].astype(np.float64)
+
+
+def _variant_stats(style, n=24):
+    """Per variant: object extents (fractions of the short side), background saturation and
+    high-frequency energy, object saturation, over ``n`` rendered images."""
+    import cv2
+
+    extents, bg_sat, bg_edges, obj_sat = [], [], [], []
+    for i in range(n):
+        img, mask, inst, objects = demo._render_sample(5, i, 96, 128, 3, style)
+        short = min(mask.shape)
+        for obj in objects:        # the patch is 2 * (ceil(0.62 d) + 3) + 1 pixels wide
+            extents.append((obj.patch.shape[0] // 2 - 3) / demo._SHAPE_REACH / short)
+        bg = mask == 0
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        lap = np.abs(cv2.Laplacian(cv2.GaussianBlur(grey, (0, 0), 1.0), cv2.CV_64F))
+        bg_sat.append(_saturation(img[bg]).mean())
+        bg_edges.append(lap[bg].mean())
+        obj_sat.append(_saturation(img[(mask > 0) & (mask != 255)]).mean())
+    return np.array(extents), np.mean(bg_sat), np.mean(bg_edges), np.mean(obj_sat)
+
+
+def test_variants_change_what_they_say():
+    stats = {name: _variant_stats(style) for name, style in demo.VARIANTS.items()}
+    for name, style in demo.VARIANTS.items():
+        ext = stats[name][0]
+        lo, hi = style.extent
+        assert lo - 0.02 <= ext.min() and ext.max() <= hi + 0.02, name      # sizes drawn in the range
+    assert np.median(stats["large"][0]) > np.median(stats["standard"][0]) + 0.12
+    # busy backgrounds: more colourful and far more structure than the muted clutter
+    assert stats["busy"][1] > stats["standard"][1] + 15
+    assert stats["busy"][2] > 1.5 * stats["standard"][2]
+    # natural textures: objects tinted, not painted in saturated colour
+    assert stats["natural"][3] < stats["busy"][3] - 15
+
+
+@pytest.mark.parametrize("variant", ["large", "busy", "natural"])
+def test_variants_keep_the_data_set_rules(variant, tmp_path):
+    """Every variant is a valid VOC-layout set whose image labels are right (objects visible
+    enough, masks agreeing with the XML), as the standard demo."""
+    root = tmp_path / variant
+    summary = generate_demo(root, **TINY, style=demo.VARIANTS[variant])
+    assert summary["num_images"] == 16
+    names = {n: k for k, n in enumerate(DEMO_CLASSES, start=1)}
+    for image_id in ids_of(root):
+        img, mask, mode, palette, objects, size = load(root, image_id)
+        assert {names[o[0]] for o in objects} == set(np.unique(mask).tolist()) - {0, 255}
+        for a, b in ((mask[1:], mask[:-1]), (mask[:, 1:], mask[:, :-1])):
+            assert not ((a != b) & (a != 255) & (b != 255)).any()
+    for i in range(30):
+        _, mask, inst, objects = demo._render_sample(3, i, 96, 128, 3, demo.VARIANTS[variant])
+        for j, obj in enumerate(objects):
+            assert (inst == j + 1).sum() >= 0.35 * obj.area
+            assert ((mask == obj.cls) & (inst == j + 1)).sum() >= 150
+
+
+def test_standard_variant_is_the_default_and_styles_are_checked(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_demo(a, **TINY)
+    generate_demo(b, **TINY, style=demo.demo_style("standard"))
+    assert all_files(a) == all_files(b)
+    s = demo.demo_style("natural", extent=[0.2, 0.3])
+    assert s.extent == (0.2, 0.3) and s.background == "busy" and s.texture == "natural"
+    assert demo.demo_style("large", background="busy").extent == demo.VARIANTS["large"].extent
+    for bad in (dict(variant="huge"), dict(extent=[0.5, 0.2]), dict(extent=[0.1, 0.95]),
+                dict(background="noisy"), dict(texture="wood")):
+        with pytest.raises(ValueError):
+            demo.demo_style(**bad)
+
+
+def test_params_offer_exactly_the_generators_choices():
+    """params.yaml's choices (wsss.config, which must not import the generator: every stage
+    would depend on it) are the generator's own."""
+    from wsss.config import SCHEMA
+
+    d = SCHEMA["data"]["demo"]
+    assert d["variant"].check("standard") is None
+    for key, options in (("variant", demo.VARIANTS), ("background", demo._BACKGROUNDS), ("texture", demo._TEXTURES)):
+        for name in options:
+            assert d[key].check(name) is None, (key, name)
+        assert d[key].check("nonsense") is not None
+    assert d["background"].check(None) is None and d["extent"].check(None) is None
+    assert d["extent"].check([0.05, 0.8]) is None and d["extent"].check([0.04, 0.5]) is not None

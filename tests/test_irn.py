@@ -268,14 +268,17 @@ def test_label_crops_keep_image_and_labels_aligned(tmp_path):
     assert torch.equal(ds[1][1], ds[1][1])          # the same (seed, epoch, index) -> the same crop
 
 
-def _tiny_classifier():
-    cfg = ModelConfig(version="v1", backbone="swin_demo", num_classes=20, img_size=64)
+def _tiny_classifier(backbone="swin_demo"):
+    cfg = ModelConfig(version="v1", backbone=backbone, num_classes=20, img_size=64)
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
 
-def test_relation_net_shapes_and_frozen_backbone(tmp_path):
-    net = RelationNet(_tiny_classifier(), dim=8)
+@pytest.mark.parametrize("backbone", ["swin_demo", "swin_demo_p2"])
+def test_relation_net_shapes_and_frozen_backbone(tmp_path, backbone):
+    """The boundary map is on the stride-4 grid whatever the patch size (swin_demo_p2's first
+    stage is at stride 2: it is averaged down)."""
+    net = RelationNet(_tiny_classifier(backbone), dim=8)
     x = torch.randn(2, 3, 64, 96)
     b = net(x)
     assert b.shape == (2, 16, 24) and b.min() >= 0 and b.max() <= 1

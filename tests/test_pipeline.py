@@ -189,19 +189,26 @@ def test_external_root_relative_and_absolute(tiny_repo: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_v2_experiment_scores_rcam(tiny_baseline: Path, tiny_v2: Path):
     """`dvc exp run -S model.version=v2` on the V1 workspace: V2 trains, stores CAM + R-CAM, and
-    evaluate leads with the R-CAM (argmax over C+1), the CAM sweep reported beside it."""
+    evaluate leads with the R-CAM (argmax over C+1), the CAM sweep reported beside it. With the
+    default loss.grad_to (rcam) GSC and CCL train only the fused branch: V2's classifier is V1's,
+    CAM and mAP equal to the digit; its health (seed shares, collapse watch) is recorded."""
     v1 = json.loads((tiny_baseline / "metrics/evaluate.json").read_text())
     tiny_run = tiny_v2
     m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
     assert m["seed"]["map"] == "rcam" and m["seed"]["miou"] == m["rcam"]["miou"]
     assert 0.0 < m["rcam"]["miou"] <= 1.0 and 0.0 < m["cam"]["miou"] <= 1.0
-    assert m["cam"]["miou"] != v1["cam"]["miou"]  # a different model was trained
+    assert m["rcam"]["miou"] != v1["cam"]["miou"]
+    assert m["cam"]["miou"] == v1["cam"]["miou"] and m["cls"] == v1["cls"]     # V1's classifier
+    health = json.loads((tiny_run / "metrics/train.json").read_text())
+    assert health["version"] == "v2" and set(health["collapse"]) >= {"collapsed", "epoch_seed_bg"}
+    assert 0 <= health["last_epoch"]["seed_bg"] <= 1 and "rcam_bg" in health["last_epoch"]
     sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
     assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21
     maps = np.load(next((tiny_run / "cams/train").glob("*.npz")), allow_pickle=False)
     assert maps["rcam"].shape == (len(maps["keys"]) + 1, *maps["cam"].shape[1:])
     live = json.loads((tiny_run / "dvclive/train/metrics.json").read_text())
-    assert {"loss_cls", "loss_gsc", "loss_ccl", "loss_total"} <= set(live["train"])
+    assert {"loss_cls", "loss_gsc", "loss_ccl", "loss_total", "health_seed_bg", "health_rcam_bg",
+            "health_cam_in_seed", "health_cam_off_seed"} <= set(live["train"])
     shown = run(["dvc", "exp", "show", "--csv"], tiny_run).stdout
     assert "tiny-v2" in shown and "rcam.miou" in shown
 
@@ -302,9 +309,12 @@ def test_experiment_views(tiny_v2: Path, tmp_path: Path):
     assert float(workspace["cls.map_per_image"]) == pytest.approx(m["cls"]["map_per_image"])
     # the plots: dvc.yaml's two seed plots and DVCLive's training curves, rendered to HTML
     shown = json.loads(run(["dvc", "plots", "show", "--json"], tiny_run).stdout)["data"]
+    from wsss.diagnostics import V2_KEYS
+
     curves = {f"dvclive/train/plots/metrics/{c}.tsv" for c in
               ("epoch/loss", "epoch/val_map_per_image", "epoch/val_map_per_class", "train/lr",
-               "train/loss_cls", "train/loss_gsc", "train/loss_ccl", "train/loss_total")}
+               "train/loss_cls", "train/loss_gsc", "train/loss_ccl", "train/loss_total",
+               *(f"{when}/health_{k}" for k in V2_KEYS for when in ("train", "epoch")))}
     assert set(shown) == {"Seed mIoU vs background threshold", "Seed IoU per class (best threshold)"} | curves
     # the V2 workspace: both sweeps drawn; per-class bars hold one bar per class
     sweep = shown["Seed mIoU vs background threshold"][0]["content"]["data"]["values"]

@@ -335,8 +335,9 @@ def test_v2_forward_without_labels_is_v1_like():
 
 def test_v2_forward_with_labels(v2_out):
     model, out = v2_out
-    assert set(out) == {"logits", "cam_raw", "rcam_raw", "cam_bg", "seeds"}
+    assert set(out) == {"logits", "cam_raw", "rcam_raw", "cam_bg", "seeds", "prototypes"}
     assert out["cam_raw"].shape == (2, 3, 4, 6)
+    assert out["prototypes"].shape == (2, 4, model.hff.out_dim)
     assert out["rcam_raw"].shape == out["cam_bg"].shape == (2, 4, 8, 12)
     assert out["seeds"].shape == (2, 4, 4, 6)
     present = torch.cat([torch.ones(2, 1), LABELS], dim=1).bool()
@@ -373,6 +374,24 @@ def test_v2_gsc_term_reaches_hff_and_head():
     assert terms["gsc"].requires_grad and not terms["ccl"].requires_grad
     terms["gsc"].backward()
     assert any_grad(model.hff) and any_grad(model.head)
+
+
+@pytest.mark.parametrize("grad_to", ["both", "rcam"])
+def test_v2_consistency_terms_train_what_grad_to_says(grad_to):
+    """grad_to both (the paper): GSC and CCL reach the CAM head and the fusion branch; rcam: the
+    fusion branch only, the same values, and the classifier learns from L_CLS alone."""
+    model = v2(hff_detach=True).train()
+    out = model(rand(2, 3, 128, 128, seed=13), LABELS)
+    terms = total_loss(out, LABELS, LossWeights(grad_to=grad_to))
+    reference = total_loss(out, LABELS, LossWeights())
+    for k in ("gsc", "ccl", "total"):
+        assert terms[k].item() == pytest.approx(reference[k].item(), abs=1e-6)
+    (terms["gsc"] + terms["ccl"]).backward()
+    assert any_grad(model.hff)
+    if grad_to == "both":
+        assert any_grad(model.head) and any_grad(model.backbone)
+    else:
+        assert no_grad_at_all(model.head) and no_grad_at_all(model.backbone)
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -762,6 +781,7 @@ def mutated(raw: dict, dotted: str, value) -> dict:
     ("model.bg_weight", 1.5),
     ("loss.w_gsc", -1),
     ("loss.w_ccl", -0.5),
+    ("loss.grad_to", "cam"),
 ])
 def test_v2_params_bad_values(raw, key, value):
     with pytest.raises(ParamsError, match=f"'{key}'"):

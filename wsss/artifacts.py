@@ -9,6 +9,7 @@ Layout (relative to the project directory)::
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
     checkpoints/last.pt                an interrupted training run's last checkpoint (gone once training ends)
+    metrics/train.json                 the last epoch's health statistics (wsss.diagnostics); V2: collapse
     cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16 and, for V2,
                                        rcam (k+1, H, W) float16 (channel 0 = background)
     previews/<id>.png                  CAM-over-image mosaics
@@ -46,6 +47,7 @@ RELATIONS = Path("relations")
 RELATION_WEIGHTS = RELATIONS / "relations.safetensors"
 RELATION_INFO = RELATIONS / "relations.json"
 METRICS = Path("metrics")
+TRAIN_HEALTH = METRICS / "train.json"          # the last epoch's health statistics; V2: background seed collapse
 PLOTS = Path("plots")
 
 

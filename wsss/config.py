@@ -87,6 +87,21 @@ def _root(v) -> str | None:
     return None
 
 
+def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """``check`` for a value that may also be null (None)."""
+    return lambda v: None if v is None else check(v)
+
+
+def _extent(v) -> str | None:
+    if v is None:
+        return None
+    if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return "must be null or a list of two numbers [low, high]"
+    if not 0.05 <= v[0] <= v[1] <= 0.8:
+        return "must satisfy 0.05 <= low <= high <= 0.8"
+    return None
+
+
 def _pretrained(v) -> str | None:
     return None if v.strip() else "must be 'none', 'timm' or a checkpoint path"
 
@@ -113,6 +128,11 @@ SCHEMA: dict[str, Any] = {
         "seed_split": Field(STR, None, "split where seeds are scored against masks"),
         "cls_split": Field(STR, None, "split where classification mAP is scored"),
         "demo": {
+            "variant": Field(STR, _choice("standard", "large", "busy", "natural"),
+                             "a named demo style: the three keys below set to null take its values"),
+            "extent": Field((list, type(None)), _extent, "object size range, fractions of the short side"),
+            "background": Field((str, type(None)), _optional(_choice("muted", "busy"))),
+            "texture": Field((str, type(None)), _optional(_choice("synthetic", "natural"))),
             "seed": Field(INT, _non_negative, "the demo set is generated from this seed"),
             "num_train_aug": Field(INT, _positive),
             "num_train": Field(INT, _positive),
@@ -140,6 +160,8 @@ SCHEMA: dict[str, Any] = {
         "w_ccl": Field(FLOAT, _non_negative, "V2: weight of L_CCL (0 = off)"),
         "ccl": Field(STR, _choice("paper", "contrastive"), "V2: Eq. 6 as printed, or class-wise contrastive"),
         "ramp_epochs": Field(FLOAT, _non_negative, "V2: GSC and CCL weights ramp up from 0 over these epochs"),
+        "grad_to": Field(STR, _choice("both", "rcam"), "V2: GSC and CCL train the CAM and the R-CAM (paper) or "
+                                                        "the R-CAM's fused branch only"),
     },
     "train": {
         "epochs": Field(INT, _positive),
@@ -160,6 +182,9 @@ SCHEMA: dict[str, Any] = {
         "nproc": Field(INT, _positive, "processes (torchrun, DDP; one GPU each on CUDA); batch_size is their global batch"),
         "cls_size": Field(INT, lambda v: None if v > 0 and v % 32 == 0 else "must be a multiple of 32",
                           "whole-image size for classification scoring"),
+        "collapse_floor": Field(FLOAT, lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)",
+                                "V2: an epoch whose mean background seed share is below this (or above "
+                                "1 - this) is reported as collapsed"),
     },
     "cams": {
         "splits": Field(LIST, _splits, "splits to compute seeds on (must hold data.seed_split)"),

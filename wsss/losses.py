@@ -11,14 +11,18 @@ from .models.swtformer import max_norm
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The V2 terms' weights, the reading of Eq. 6 (``paper`` or ``contrastive``), and an optional
+    """The V2 terms' weights, the reading of Eq. 6 (``paper`` or ``contrastive``), an optional
     linear ramp of both weights from 0 over the first ``ramp_epochs`` (0: full weight at once, as
-    the paper; a from-scratch model has no CAM worth matching at first)."""
+    the paper; a from-scratch model has no CAM worth matching at first), and what the two terms
+    train: ``both`` maps (the paper, SIPE: the CAM is pulled towards the R-CAM as much as the
+    reverse) or the ``rcam`` only (the CAM is their fixed target; the classifier learns from
+    L_CLS alone)."""
 
     w_gsc: float = 1.0
     w_ccl: float = 1.0
     ccl: str = "paper"
     ramp_epochs: float = 0.0
+    grad_to: str = "both"      # both: GSC and CCL train the CAM and the R-CAM | rcam: the R-CAM only
 
     def at(self, epoch: float) -> "LossWeights":
         """The weights in force after ``epoch`` (fractional) epochs of training."""
@@ -103,6 +107,8 @@ def total_loss(out: dict[str, torch.Tensor], labels: torch.Tensor,
     if "rcam_raw" in out:
         w = weights or LossWeights()
         cam = out["cam_bg"].float()
+        if w.grad_to == "rcam":
+            cam = cam.detach()
         rcam = max_norm(out["rcam_raw"].float())
         for name, weight, fn in (("gsc", w.w_gsc, lambda: gsc_loss(cam, rcam, out.get("valid"))),
                                  ("ccl", w.w_ccl, lambda: CCL[w.ccl](cam, rcam, labels))):

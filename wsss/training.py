@@ -15,8 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from . import losses, metrics
-from . import distributed
+from . import diagnostics, distributed, losses, metrics
 from .checkpoint import Checkpointer, restore
 from .data.datasets import box_mask
 
@@ -38,6 +37,7 @@ class TrainConfig:
     seed: int
     loss: losses.LossWeights = losses.LossWeights()
     checkpoint_every: int = 0    # also checkpoint every this many steps within an epoch (0: epoch ends only)
+    collapse_floor: float = 0.02  # V2: an epoch whose mean background seed share is below this (or above 1 - this) is collapsed
 
 
 class EpochShuffle(Sampler[int]):
@@ -122,8 +122,12 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
         checkpoint: Checkpointer | None = None, resume: dict | None = None) -> dict:
     """Train ``model`` in place; return the last epoch's summary (loss, lr, val mAP).
 
-    ``live`` is a DVCLive ``Live`` (or None): every step logs each loss term and the lr, every
-    epoch logs the epoch's mean loss and the validation mAP. ``checkpoint`` saves the state at
+    ``live`` is a DVCLive ``Live`` (or None): every step logs each loss term, the lr and the
+    batch's health statistics (:mod:`wsss.diagnostics`: for V2 the background shares of the seeds
+    and of the R-CAM's argmax, the CAM on and off the seeds), every epoch logs the epoch's
+    means of those, and the validation mAP. A V2 epoch whose background (or foreground) seeds all
+    but vanished (:class:`wsss.diagnostics.CollapseWatch`) prints a warning; the summary's
+    ``collapse`` records which epochs. ``checkpoint`` saves the state at
     the end of every epoch (and every ``cfg.checkpoint_every`` steps within one); ``resume`` (a
     loaded checkpoint) continues from the epoch and batch it reached: with the sample order and
     augmentation drawn from (seed, epoch, index) and torch's RNG restored, the result is the
@@ -152,10 +156,12 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     summary: dict = {}
     step, first_epoch, first_batch, partial = 0, 0, 0, {}
+    watch = diagnostics.CollapseWatch(cfg.collapse_floor)
     if resume is not None:
         restore(resume, model, optimizer, schedule, scaler)
         step, first_epoch, summary = resume["step"], resume["epoch"], resume["summary"]
         first_batch, partial = resume["batch"], resume["sums"]
+        watch = diagnostics.CollapseWatch.restore(cfg.collapse_floor, summary.get("collapse"))
         tqdm.write(f"resuming at epoch {first_epoch + 1}, batch {first_batch} (step {step})")
     if rank > 0:
         # a random stream of its own for drop path (all processes were seeded alike, and a resumed
@@ -183,10 +189,12 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
                 out = net(x, y) if valid is None else net(x, y, valid=valid)
             terms = losses.total_loss(out, y, cfg.loss.at(step / steps_per_epoch))
             loss = terms["total"]
-            # the global batch's terms (the mean of the processes' shares): every process logs and
-            # checks the same numbers, so a NaN on one of them stops all of them together
-            names = list(terms)
-            values = dict(zip(names, distributed.mean(torch.stack([terms[k].detach().float() for k in names])).tolist()))
+            health = diagnostics.batch_health(out, y, valid)
+            # the global batch's terms and health (the mean of the processes' shares): every process
+            # logs and checks the same numbers, so a NaN on one of them stops all of them together
+            names = list(terms) + [f"health_{k}" for k in health]
+            stacked = torch.stack([v.detach().float() for v in (*terms.values(), *health.values())])
+            values = dict(zip(names, distributed.mean(stacked).tolist()))
             if not math.isfinite(values["total"]):
                 raise TrainingError(
                     f"loss is {values['total']} at epoch {epoch + 1}, step {step + 1} "
@@ -204,23 +212,34 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: Trai
             bar.set_postfix(loss=f"{values['total']:.4f}", lr=f"{lr:.2e}")
             if live is not None:
                 for k, v in values.items():
-                    live.log_metric(f"train/loss_{k}", v)
+                    live.log_metric(f"train/{k}" if k.startswith("health_") else f"train/loss_{k}", v)
                 live.log_metric("train/lr", lr)
                 live.next_step()
             if (checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                     and batch < steps_per_epoch):
                 save(epoch, batch, sums)     # within the epoch (its end is saved below, after validation)
-        summary = {"epoch": epoch + 1, "loss": sums["total"] / steps_per_epoch, "lr": lr}
+        means = {k: v / steps_per_epoch for k, v in sums.items()}
+        health = {k.removeprefix("health_"): v for k, v in means.items() if k.startswith("health_")}
+        warning = watch.update(epoch + 1, health["seed_bg"]) if "seed_bg" in health else None
+        summary = {"epoch": epoch + 1, "loss": means["total"], "lr": lr, "health": health}
+        if watch.shares:
+            summary["collapse"] = watch.report()
         if rank > 0:     # logging, validation and checkpoints are the first process's
             continue
+        if warning:
+            tqdm.write(warning)
         if val_set is not None:
             s, y = predict_scores(model, val_set, device, cls_batch_size or cfg.batch_size, cfg.num_workers,
                                   cfg.amp, desc="val mAP")
             m = metrics.mean_ap(s, y)
             summary.update(map_per_image=m["map_per_image"], map_per_class=m["map_per_class"])
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        shown = {k: v for k, v in summary.items() if k not in ("health", "collapse")}
+        shown.update({k: v for k, v in health.items() if k in ("seed_bg", "rcam_bg")})
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         if live is not None:
             live.log_metric("epoch/loss", summary["loss"], plot=True)
+            for k, v in health.items():
+                live.log_metric(f"epoch/health_{k}", v)
             for k in ("map_per_image", "map_per_class"):
                 if k in summary:
                     live.log_metric(f"epoch/val_{k}", summary[k])

@@ -26,6 +26,14 @@ What makes it a fair, small test of WSSS:
 * Masks are hard (``cv2.LINE_8``) and carry a VOC-like 255 band ~1 px each side of every label
   change; the image edges are softened slightly, the mask is not.
 
+Variants (:data:`VARIANTS`, ``data.demo.variant``) change what makes WSSS hard, each a
+:class:`DemoStyle`: the objects' size range, the background (``muted`` clutter as above, or
+``busy``: a dead-leaves scene of overlapping irregular patches in saturated colours and
+natural-looking textures, the statistics of natural images without any class shape), and the
+objects' texture (``synthetic``: stripes, gradients, flat colour; or ``natural``: fractal,
+marbled or cellular patterns tinted with the object's colour). ``standard`` is the demo as it
+has always been (byte-identical files).
+
 Image ``i`` is drawn from its own generator ``numpy.random.default_rng([seed, i])``, so it does not
 depend on any other image and no global random state is used or changed.
 """
@@ -168,10 +176,11 @@ def _shape_patch(cls: int, d: float, angle: float, rng: np.random.Generator) -> 
     return patch
 
 
-def _sample_object(rng: np.random.Generator, h: int, w: int) -> _Object:
-    """A random class, size, rotation and position, cut by the border by at most ~30 %."""
+def _sample_object(rng: np.random.Generator, h: int, w: int, extent: tuple[float, float]) -> _Object:
+    """A random class, size (``extent`` of the short side), rotation and position, cut by the
+    border by at most ~30 %."""
     cls = int(rng.integers(1, len(DEMO_CLASSES) + 1))
-    d = rng.uniform(*_EXTENT_RANGE) * min(h, w)
+    d = rng.uniform(*extent) * min(h, w)
     invariant = _SHAPES[DEMO_CLASSES[cls - 1]][1]
     angle = 0.0 if invariant else rng.uniform(0.0, 2 * math.pi)
     patch = _shape_patch(cls, d, angle, rng)
@@ -184,7 +193,7 @@ def _sample_object(rng: np.random.Generator, h: int, w: int) -> _Object:
         inside = int(np.count_nonzero(patch[obj.clip(h, w)[1]]))
         if inside >= (1.0 - _MAX_BORDER_CUT) * area:
             break
-    else:                      # centred: d <= 0.65 short side always fits
+    else:                      # centred: a shape reaches 0.62 d, so up to d = 0.8 short sides it fits
         obj.y0, obj.x0 = h // 2 - half, w // 2 - half
         inside = int(np.count_nonzero(patch[obj.clip(h, w)[1]]))
     obj.truncated = inside < area
@@ -222,7 +231,8 @@ def _compose(objects: list[_Object], h: int, w: int) -> tuple[np.ndarray, np.nda
     return inst, label, ok
 
 
-def _layout(rng: np.random.Generator, h: int, w: int, max_objects: int) -> list[_Object]:
+def _layout(rng: np.random.Generator, h: int, w: int, max_objects: int,
+            extent: tuple[float, float] = _EXTENT_RANGE) -> list[_Object]:
     """Objects for one image such that every one stays visible enough (see module docstring).
 
     Whole layouts are resampled until one passes. On the last attempt the failing objects are
@@ -231,7 +241,7 @@ def _layout(rng: np.random.Generator, h: int, w: int, max_objects: int) -> list[
     """
     for attempt in range(_MAX_ATTEMPTS):
         n = int(rng.integers(1, max_objects + 1))
-        objects = [_sample_object(rng, h, w) for _ in range(n)]
+        objects = [_sample_object(rng, h, w, extent) for _ in range(n)]
         ok = _compose(objects, h, w)[2]
         if ok.all():
             return objects
@@ -297,6 +307,111 @@ def _muted(rng: np.random.Generator) -> tuple[float, float, float]:
     return tuple(float(v) for v in c)
 
 
+# Busy scenes and natural-looking textures (variants other than ``standard``).
+def _fractal(rng: np.random.Generator, h: int, w: int, octaves: int = 5, decay: float | None = None) -> np.ndarray:
+    """1/f-like noise in [0, 1], (h, w) float32: octaves of random grids, each twice as fine and
+    ``decay`` (0.45-0.7) times as strong as the last, cubic-upsampled and summed."""
+    decay = rng.uniform(0.45, 0.7) if decay is None else decay
+    out = np.zeros((h, w), np.float32)
+    cells, amp = int(rng.integers(2, 4)), 1.0
+    for _ in range(octaves):
+        grid = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
+        out += np.float32(amp) * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        cells, amp = cells * 2, amp * decay
+    lo, hi = float(out.min()), float(out.max())
+    return (out - lo) / max(hi - lo, 1e-6)
+
+
+def _pattern_natural(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A grey natural-looking pattern in [0, 1], (h, w): fractal noise (stone, foliage), marble
+    (a sine warped by fractal noise: wood, marble) or cells (a cellular, leathery pattern)."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return _fractal(rng, h, w)
+    if kind == 1:
+        t = _ramp(rng, h, w) * np.float32(rng.uniform(2, 6) * 2 * math.pi)
+        warp = _fractal(rng, h, w) * np.float32(rng.uniform(3, 9))
+        return 0.5 + 0.5 * np.sin(t + warp)
+    n = int(rng.integers(6, 30))                        # distance to the nearest of n random points
+    pts = rng.uniform(0, [w, h], size=(n, 2)).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = np.min((xx[..., None] - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2, axis=-1) ** 0.5
+    return np.clip(d / max(float(d.max()), 1e-6), 0, 1) ** 0.7
+
+
+def _tinted(rng: np.random.Generator, pattern: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """(h, w) pattern in [0, 1] -> (h, w, 3) float32: dark to light shades of ``colour``."""
+    dark = colour * np.float32(rng.uniform(0.15, 0.45))
+    light = colour + np.float32(rng.uniform(0.0, 0.35)) * (255 - colour)
+    return dark + (light - dark) * pattern[..., None]
+
+
+def _vivid(rng: np.random.Generator) -> np.ndarray:
+    """A colour of any hue, from muted to as saturated as the objects' (RGB float32)."""
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(40, 255), rng.uniform(70, 255)]]], np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _blob(rng: np.random.Generator, h: int, w: int, radius: float) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """One irregular patch: a polygon of 9-15 vertices whose radius wanders between 30 % and
+    100 % of ``radius`` around it, squashed and turned (no class shape: neither round nor
+    regular nor pointed). Returns its uint8 mask over its box in an (h, w) image, and the box."""
+    n = int(rng.integers(9, 16))
+    knots = rng.uniform(0.3, 1.0, int(rng.integers(3, 7)))
+    radii = np.interp(np.linspace(0, len(knots), n, endpoint=False), np.arange(len(knots) + 1),
+                      np.append(knots, knots[0])) * radius
+    pts = _regular_vertices(n, radii, rng.uniform(0, 2 * math.pi)) * [1.0, rng.uniform(0.35, 1.0)]
+    t = rng.uniform(0, math.pi)
+    pts = pts @ np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]]) + rng.uniform(0, [w, h])
+    x0, y0 = (max(0, int(v)) for v in np.floor(pts.min(axis=0)))
+    x1, y1 = min(w, int(np.ceil(pts[:, 0].max())) + 1), min(h, int(np.ceil(pts[:, 1].max())) + 1)
+    box = (slice(y0, max(y0, y1)), slice(x0, max(x0, x1)))
+    mask = np.zeros((box[0].stop - y0, box[1].stop - x0), np.uint8)
+    if mask.size:
+        cv2.fillPoly(mask, [np.round((pts - [x0, y0]) * _SCALE).astype(np.int32)], 1, cv2.LINE_8, shift=_SHIFT)
+    return mask, box
+
+
+def _background_busy(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A dead-leaves scene: 20-60 irregular patches, larger ones first and smaller ones over
+    them (radii from 4 % to 60 % of the short side, small ones far more often, as in natural
+    images), each filled with a tinted natural pattern or a shaded colour from a palette of
+    3-6 colours, muted to saturated, over a tinted fractal ground; then strokes, a light blur
+    and sensor noise."""
+    short = min(h, w)
+    palette = [_vivid(rng) for _ in range(int(rng.integers(3, 7)))]
+    img = _tinted(rng, _fractal(rng, h, w), palette[0])
+    radii = np.sort(short * 0.04 * (1 - rng.uniform(0, 0.93, int(rng.integers(20, 61)))) ** -1.0)[::-1]
+    for r in np.minimum(radii, 0.6 * short):
+        mask, box = _blob(rng, h, w, float(r))
+        bh, bw = mask.shape
+        colour = np.clip(palette[int(rng.integers(len(palette)))] + rng.normal(0, 18, 3), 0, 255).astype(np.float32)
+        if bh < 2 or bw < 2:
+            continue
+        if rng.uniform() < 0.6:
+            fill = _tinted(rng, _pattern_natural(rng, bh, bw), colour)
+        else:
+            fill = colour + np.float32(rng.uniform(20, 60)) * (_ramp(rng, bh, bw)[..., None] - 0.5)
+        region = img[box]
+        region[mask > 0] = fill[mask > 0]
+    for _ in range(int(rng.integers(0, 6))):             # twigs, cracks, wires
+        p, q = rng.integers(0, [w, h], size=(2, 2))
+        colour = tuple(float(v) for v in palette[int(rng.integers(len(palette)))] * rng.uniform(0.3, 1.2))
+        cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), colour, int(rng.integers(1, 3)), cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.0))
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def _texture_natural(rng, h, w, c1, c2) -> np.ndarray:
+    """A natural-looking pattern, its shades between grey and the object's colour (a 50-90 %
+    tint), with pixel noise."""
+    pattern = _pattern_natural(rng, h, w)
+    grey = np.full(3, float(c1.mean()), np.float32)
+    tint = np.float32(rng.uniform(0.5, 0.9))
+    noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(rng.uniform(3, 10))
+    return _tinted(rng, pattern, grey + tint * (c1 - grey)) + noise
+
+
 #: hue sectors (60 degrees each); class k draws from sector k-1 or k (mod 6), so every sector is
 #: shared by two classes: colour narrows the class down to two candidates, shape decides.
 _HUE_SECTORS = 6
@@ -331,41 +446,83 @@ def _texture_flat(rng, h, w, c1, c2) -> np.ndarray:
     return c1 + rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(rng.uniform(4, 16))
 
 
-_TEXTURES = (_texture_stripes, _texture_gradient, _texture_flat)
+_TEXTURES = {"synthetic": (_texture_stripes, _texture_gradient, _texture_flat), "natural": (_texture_natural,)}
+_BACKGROUNDS = {"muted": _background, "busy": _background_busy}
 
 
-def _paint_object(rng: np.random.Generator, img: np.ndarray, obj: _Object) -> None:
+@dataclass(frozen=True)
+class DemoStyle:
+    """What a demo variant changes: object ``extent`` (low, high) as fractions of the image's
+    short side, the ``background`` kind (``muted`` | ``busy``) and the objects' ``texture``
+    (``synthetic`` | ``natural``). See the module docstring."""
+
+    extent: tuple[float, float] = _EXTENT_RANGE
+    background: str = "muted"
+    texture: str = "synthetic"
+
+    def __post_init__(self):
+        lo, hi = self.extent
+        if not 0.05 <= lo <= hi <= 0.8:
+            raise ValueError(f"extent must satisfy 0.05 <= low <= high <= 0.8, got {list(self.extent)}")
+        if self.background not in _BACKGROUNDS:
+            raise ValueError(f"background must be one of {', '.join(_BACKGROUNDS)}, got {self.background!r}")
+        if self.texture not in _TEXTURES:
+            raise ValueError(f"texture must be one of {', '.join(_TEXTURES)}, got {self.texture!r}")
+
+
+#: The named variants (``data.demo.variant``): one set of defaults must hold on all of them.
+VARIANTS: dict[str, DemoStyle] = {
+    "standard": DemoStyle(),                                          # the demo as it always was
+    "large": DemoStyle(extent=(0.40, 0.80)),                          # objects fill most of the image
+    "busy": DemoStyle(background="busy"),                             # cluttered, colourful scenes
+    "natural": DemoStyle(extent=(0.30, 0.75), background="busy", texture="natural"),   # all of it
+}
+
+
+def demo_style(variant: str = "standard", extent=None, background: str | None = None,
+               texture: str | None = None) -> DemoStyle:
+    """The style of ``variant`` with any of its three properties overridden (None: the variant's)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    base = VARIANTS[variant]
+    return DemoStyle(extent=tuple(extent) if extent is not None else base.extent,
+                     background=background or base.background, texture=texture or base.texture)
+
+
+def _paint_object(rng: np.random.Generator, img: np.ndarray, obj: _Object, texture: str = "synthetic") -> None:
     """Blend a textured object into ``img`` in place, with a slightly soft edge."""
     h, w = img.shape[:2]
     img_sl, patch_sl = obj.clip(h, w)
     region = img[img_sl]
     c1 = _object_colour(rng, obj.cls)
     c2 = np.clip(c1 + rng.normal(0, 30, 3), 0, 255).astype(np.float32)
-    tex = _TEXTURES[int(rng.integers(len(_TEXTURES)))](rng, region.shape[0], region.shape[1], c1, c2)
+    kinds = _TEXTURES[texture]
+    tex = kinds[int(rng.integers(len(kinds)))](rng, region.shape[0], region.shape[1], c1, c2)
     # soft alpha from the hard mask: the image edge is anti-aliased, the label mask stays hard
     alpha = cv2.GaussianBlur(obj.patch.astype(np.float32), (0, 0), rng.uniform(0.5, 0.9))[patch_sl][..., None]
     region += alpha * (tex - region)   # region is a view of img
 
 
-def _render(rng: np.random.Generator, h: int, w: int, max_objects: int):
+def _render(rng: np.random.Generator, h: int, w: int, max_objects: int, style: DemoStyle = DemoStyle()):
     """Render one sample: RGB uint8 image, VOC mask, instance map and its objects."""
-    objects = _layout(rng, h, w, max_objects)
+    objects = _layout(rng, h, w, max_objects, style.extent)
     inst, label, _ = _compose(objects, h, w)
-    img = _background(rng, h, w)
+    img = _BACKGROUNDS[style.background](rng, h, w)
     for obj in objects:
-        _paint_object(rng, img, obj)
+        _paint_object(rng, img, obj, style.texture)
     img += rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(rng.uniform(2, 6))
     return np.clip(np.round(img), 0, 255).astype(np.uint8), label, inst, objects
 
 
-def _render_sample(seed: int, index: int, min_size: int, max_size: int, max_objects: int = 3):
+def _render_sample(seed: int, index: int, min_size: int, max_size: int, max_objects: int = 3,
+                   style: DemoStyle = DemoStyle()):
     """Image ``index`` of the set with ``seed``: (image RGB uint8, mask uint8, inst uint8, objects).
 
     ``inst`` is 0 for background and ``i + 1`` where object ``i`` (in painting order) is visible.
     """
     rng = np.random.default_rng([seed, index])
     h, w = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
-    return _render(rng, h, w, max_objects)
+    return _render(rng, h, w, max_objects, style)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,9 +581,9 @@ def _check_args(seed, n_train_aug, n_train, n_val, min_size, max_size, max_objec
 
 
 def _write_sample(i: int, *, root: Path, ids: list[str], seed: int, min_size: int, max_size: int,
-                  max_objects: int) -> list[int]:
+                  max_objects: int, style: DemoStyle) -> list[int]:
     """Render image ``i`` and write its JPEG, mask and XML; return the classes its mask holds."""
-    img, mask, inst, objects = _render_sample(seed, i, min_size, max_size, max_objects)
+    img, mask, inst, objects = _render_sample(seed, i, min_size, max_size, max_objects, style)
     h, w = mask.shape
     write_bytes(root / "JPEGImages" / f"{ids[i]}.jpg", _jpeg_bytes(img))
     write_bytes(root / "SegmentationClass" / f"{ids[i]}.png", palette_png(mask))
@@ -435,15 +592,15 @@ def _write_sample(i: int, *, root: Path, ids: list[str], seed: int, min_size: in
 
 
 def generate_demo(root, *, seed: int, n_train_aug: int, n_train: int, n_val: int,
-                  min_size: int, max_size: int, max_objects: int = 3, progress: bool = False,
-                  workers: int = 1) -> dict:
+                  min_size: int, max_size: int, max_objects: int = 3, style: DemoStyle = DemoStyle(),
+                  progress: bool = False, workers: int = 1) -> dict:
     """Write the demo VOC2012 folder at `root` (a pathlib.Path or str; created; must be empty or absent).
     Returns a small summary dict: {"num_images": int, "splits": {name: count}, "class_counts": {name: count}}.
 
     Ids are ``demo_000000`` ... in generation order: the first ``n_train_aug`` form ``train_aug``
     (of which the first ``n_train`` are ``train``), the next ``n_val`` form ``val``. Each image's
     width and height are drawn uniformly from ``[min_size, max_size]`` and it holds
-    ``1..max_objects`` objects. ``class_counts`` counts the images in which each class appears
+    ``1..max_objects`` objects, drawn in ``style`` (a :class:`DemoStyle`, e.g. ``VARIANTS["busy"]``). ``class_counts`` counts the images in which each class appears
     (image-level labels, over all splits). The same arguments give byte-identical files, on any
     number of ``workers`` (processes).
     """
@@ -460,7 +617,7 @@ def generate_demo(root, *, seed: int, n_train_aug: int, n_train: int, n_val: int
     ids = [f"{ID_PREFIX}{i:06d}" for i in range(total)]
     class_counts = dict.fromkeys(DEMO_CLASSES, 0)
     write = partial(_write_sample, root=root, ids=ids, seed=seed, min_size=min_size, max_size=max_size,
-                    max_objects=max_objects)
+                    max_objects=max_objects, style=style)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -1,7 +1,8 @@
 """Relation net: a class-boundary head on a trained, frozen SWTformer backbone (IRN's edge branch).
 
-Each of the four Swin stage maps (strides 4, 8, 16, 32) goes through a 1x1 conv + GroupNorm +
-ReLU to ``dim`` channels and is bilinearly brought to the stride-4 grid; the four are
+Each of the four Swin stage maps (strides 4, 8, 16, 32 with 4 px patches; 2, 4, 8, 16 with 2 px
+patches) goes through a 1x1 conv + GroupNorm + ReLU to ``dim`` channels and is brought to the
+stride-4 grid (bilinearly up, or by area averaging down); the four are
 concatenated and one 1x1 conv (with bias) gives the boundary logit, as IRN's edge branch does
 with its five ResNet levels.
 The backbone runs in eval mode without gradients (IRN trains only its branches); only the head
@@ -19,18 +20,26 @@ def _branch(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class BoundaryHead(nn.Module):
-    """Four stage maps -> boundary logits (B, 1, h1, w1) on stage 1's grid (stride 4)."""
+    """Four stage maps -> boundary logits (B, 1, h, w) on ``grid`` (default: stage 1's)."""
 
     def __init__(self, in_dims: list[int], dim: int = 32):
         super().__init__()
         self.sides = nn.ModuleList(_branch(c, dim) for c in in_dims)
         self.out = nn.Conv2d(dim * len(in_dims), 1, 1)
 
-    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        grid = stages[0].shape[-2:]
-        sides = [F.interpolate(side(s), size=grid, mode="bilinear", align_corners=False) if i else side(s)
-                 for i, (side, s) in enumerate(zip(self.sides, stages))]
+    def forward(self, stages: list[torch.Tensor], grid: tuple[int, int] | None = None) -> torch.Tensor:
+        grid = tuple(grid or stages[0].shape[-2:])
+        sides = [_to_grid(side(s), grid) for side, s in zip(self.sides, stages)]
         return self.out(torch.cat(sides, dim=1))
+
+
+def _to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """x (B, D, h, w) on ``grid``: itself, area-averaged down, or bilinearly up."""
+    if tuple(x.shape[-2:]) == grid:
+        return x
+    if x.shape[-2] >= grid[0] and x.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(x, grid)
+    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 
 
 class RelationNet(nn.Module):
@@ -54,7 +63,7 @@ class RelationNet(nn.Module):
         """x (B, 3, H, W), H and W multiples of :attr:`pad_multiple` -> boundary logits (B, H/4, W/4)."""
         with torch.no_grad():
             _, stages = self.classifier.features(x)
-        return self.head([s.float() for s in stages])[:, 0]
+        return self.head([s.float() for s in stages], (-(-x.shape[-2] // 4), -(-x.shape[-1] // 4)))[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) -> boundary (B, H/4, W/4) in [0, 1]: the sigmoid of :meth:`logits`."""

@@ -25,10 +25,14 @@ from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from ..io import ArtifactError, load_weights
 
 #: Small Swin configurations for CPU runs, by name (timm's own names pass through unchanged).
-#: ``swin_demo`` is the CPU demo's: built for 128 px crops, its 4x4 windows tile the 32/16/8 token
-#: grids of stages 1-3 exactly and stage 4 (4x4) is one global window, the layout Swin-T has at 224.
+#: ``swin_demo`` is built for 128 px crops: its 4x4 windows tile the 32/16/8 token grids of stages
+#: 1-3 exactly and stage 4 (4x4) is one global window, the layout Swin-T has at 224.
+#: ``swin_demo_p2`` (the demo's default) is the same network with 2 px patches: stride 16 at the
+#: last stage, so a 128 px crop gives an 8 x 8 CAM instead of 4 x 4 (the demo's images are 96-160 px;
+#: on them a stride-32 CAM is 3-5 cells a side). About 3x the compute; README "Demo variants".
 SMALL_CONFIGS = {
     "swin_demo": dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4),
+    "swin_demo_p2": dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4, patch_size=2),
     "swin_nano": dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
     "swin_micro": dict(embed_dim=48, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16)),
 }

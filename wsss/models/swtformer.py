@@ -113,6 +113,7 @@ class SWTformerV2(SWTformerV1):
           bilinearly resized to the ``F_hie`` grid;
         - ``"rcam_raw"`` (B, C+1, h2, w2): ``ReLU(cos(F_hie, P_k))`` in [0, 1], not max-normed;
         - ``"seeds"`` (B, C+1, H/32, W/32): the one-hot seeds on the token grid;
+        - ``"prototypes"`` (B, C+1, D'): the mean ``F_hie`` feature of each seed region (0: no seed);
         - ``"valid"`` (B, 1, h2, w2): the cells of the ``F_hie`` grid that are the image.
         """
         t_out, stages = self.features(x)
@@ -136,7 +137,7 @@ class SWTformerV2(SWTformerV1):
         prototypes = class_prototypes(masked(F.interpolate(seeds, size=grid, mode="nearest"), v_hie), f_hie)
         out = {"rcam_raw": reactivate(prototypes, f_hie, valid=v_hie),
                "cam_bg": resize_valid(m, v_tok, v_hie, grid),
-               "seeds": seeds}
+               "seeds": seeds, "prototypes": prototypes}
         if valid is not None:
             out["valid"] = v_hie
         return out

@@ -34,7 +34,7 @@ from ..models.relations import RelationNet
 from ..training import EpochShuffle, TrainingError, warmup_cosine
 from . import affinity, labels
 
-STRIDE = 4
+STRIDE = 4   # the relation net's grid, whatever the backbone's patch size (RelationNet.logits)
 
 
 @dataclass(frozen=True)
