@@ -21,7 +21,7 @@ from wsss import artifacts, runtime  # noqa: E402
 from wsss.cli import data_root  # noqa: E402
 from wsss.config import load_params, thresholds  # noqa: E402
 from wsss.data import voc  # noqa: E402
-from wsss.inference import multiscale_maps  # noqa: E402
+from wsss.inference import multiscale_maps, seeding  # noqa: E402
 from wsss.metrics import SeedScorer  # noqa: E402
 from wsss.models import trained  # noqa: E402
 
@@ -31,6 +31,7 @@ def main() -> int:
     root, manifest = data_root(p), artifacts.load_manifest()
     device = runtime.device()
     model = trained.load_model(device)
+    seeds = seeding(p.cams.seeds, model) if model.cfg.version == "v2" else None    # as the cams stage
     scorers = {mask: SeedScorer(manifest["classes"], thresholds(p)) for mask in (True, False)}
     pixels = {"padded share of the inputs": [0, 0]}
     for image_id in tqdm(manifest["splits"][p.data.seed_split], desc="padding", unit="img"):
@@ -38,7 +39,8 @@ def main() -> int:
         gt = voc.read_mask(voc.mask_path(root, image_id))
         keys = manifest["labels"][image_id]
         for mask, scorer in scorers.items():
-            maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, mask_padding=mask)
+            maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, mask_padding=mask,
+                                   seeding=seeds)
             scorer.update({"keys": keys, **maps}, gt)
         h, w = image.shape[:2]
         for s in p.cams.scales:

@@ -10,7 +10,7 @@ from wsss import artifacts, distributed, io, runtime
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params
 from wsss.data import voc
-from wsss.inference import multiscale_maps
+from wsss.inference import multiscale_maps, seeding
 from wsss.models import trained
 from wsss.viz import cam_panel, png_bytes
 
@@ -23,6 +23,7 @@ def main() -> None:
     device = distributed.setup(runtime.device())
     rank, world = distributed.rank_and_world()
     model = trained.load_model(device)
+    seeds = seeding(p.cams.seeds, model) if model.cfg.version == "v2" else None
     classes = manifest["classes"]
     # previews: the first images of the seed split, drawn with their ground truth while that split
     # is processed (by whichever process holds them there), whatever other split also lists them
@@ -33,7 +34,8 @@ def main() -> None:
         for image_id in tqdm(ids, desc=desc, unit="img", disable=rank > 0):
             image = voc.read_image(voc.image_path(root, image_id))
             keys = manifest["labels"][image_id]
-            maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, amp=p.train.amp)
+            maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, amp=p.train.amp,
+                                   seeding=seeds)
             artifacts.save_cams(artifacts.cam_path(split, image_id), keys, maps)
             if split == p.data.seed_split and image_id in previews:
                 gt = voc.read_mask(voc.mask_path(root, image_id))

@@ -102,3 +102,20 @@ def test_collapse_watch_warns_once_per_run_of_collapsed_epochs():
     assert not healthy.report()["collapsed"]
     with pytest.raises(ValueError):
         CollapseWatch(0.02).update(2, 0.5)
+
+
+def test_v2_health_of_seeds_on_the_fused_grid():
+    """Seeds located on the fused grid (model.seed_features fused, twice the token grid): the
+    shares are counted there, the CAM resized to it. The same seeds, each token's repeated over its
+    2 x 2 cells, and a CAM constant over the token grid give the token-grid numbers."""
+    out = _v2_out()
+    out["cam_raw"] = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]], [[3.0, 3.0], [3.0, 3.0]]]])
+    fine = dict(out, seeds=out["seeds"].repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    labels = torch.tensor([[1.0, 0.0]])
+    coarse, fused = batch_health(out, labels), batch_health(fine, labels)
+    assert fused["seed_bg"].item() == pytest.approx(0.5) == coarse["seed_bg"].item()
+    assert fused["cam_in_seed"].item() > fused["cam_off_seed"].item()
+    for key in ("rcam_bg", "proto_bg", "proto_fg", "cam_fg"):
+        assert fused[key].item() == pytest.approx(coarse[key].item(), abs=1e-5)
+    valid = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])             # the bottom token row is padding
+    assert batch_health(fine, labels, valid)["seed_bg"].item() == 0

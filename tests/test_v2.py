@@ -21,6 +21,7 @@ from wsss.metrics import SeedScorer
 from wsss.models import ModelConfig, build_model
 from wsss.models.hff import HierarchicalFeatureFusion
 from wsss.models.seeds import (
+    background_prototypes,
     class_prototypes,
     reactivate,
     structural_match,
@@ -28,7 +29,7 @@ from wsss.models.seeds import (
     token_affinity,
     with_background,
 )
-from wsss.models.swtformer import SWTformerV1, SWTformerV2
+from wsss.models.swtformer import Seeding, SWTformerV1, SWTformerV2
 
 torch.set_num_threads(1)
 
@@ -224,6 +225,43 @@ def test_seeds_opposite_groups_abs_vs_relu():
     assert (abs_seeds[0, 0] == 1).all() and abs_seeds[0, 1].sum() == 0
 
 
+@pytest.mark.parametrize("affinity", ["abs", "relu"])
+def test_every_class_gives_each_labelled_class_the_cell_of_its_best_match(affinity):
+    """A weak class map loses every token to the background: without ``every_class`` its seed
+    region is empty (a zero prototype); with it, each present class left empty takes exactly one
+    background cell, the one where its structural match is highest, and nothing else moves:
+    classes that had seeds keep them, absent classes stay empty, padding is never a seed."""
+    tokens = rand(2, 8, 3, 4, seed=21)
+    maps = torch.full((2, 4, 3, 4), 0.02)
+    maps[:, 0] = 1.0                                   # background strong everywhere
+    maps[0, 1, 0, 0] = 1.0                             # image 0: class 1 clearly present at one token
+    maps[1, 2, 2, 3] = 0.3                             # image 1: class 2 weak
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    valid = torch.ones(2, 1, 3, 4)
+    valid[1, :, :, 0] = 0                              # image 1: its left column is padding
+    plain = structural_seeds(tokens, maps, labels, affinity, valid=valid)
+    fixed = structural_seeds(tokens, maps, labels, affinity, valid=valid, every_class=True)
+    match = structural_match(token_affinity(tokens, affinity), maps, 0.5, valid)
+    area = plain.flatten(2).sum(dim=2)
+    empty = [(b, c) for b in range(2) for c in range(1, 4) if labels[b, c - 1] > 0 and area[b, c] == 0]
+    assert empty, "the case is vacuous: no labelled class lost all its tokens"
+    assert (fixed * (1 - valid) == 0).all()                          # no padded seed
+    torch.testing.assert_close(fixed.sum(dim=1), valid[:, 0])        # one-hot on the image
+    changed = (fixed != plain).flatten(2).any(dim=1)                 # (B, N) cells that moved
+    for b in range(2):
+        for c in range(1, 4):
+            if labels[b, c - 1] == 0:
+                assert fixed[b, c].sum() == 0
+            elif (b, c) in empty:
+                assert fixed[b, c].sum() == 1
+                free = (plain[b, 0] > 0).flatten()
+                best = match[b, c].flatten().masked_fill(~free, float("-inf")).argmax()
+                assert fixed[b, c].flatten()[best] == 1 and plain[b, 0].flatten()[best] == 1
+            else:
+                torch.testing.assert_close(fixed[b, c], plain[b, c])
+    assert changed.sum() == len(empty)
+
+
 def test_seeds_no_gradient():
     tokens = rand(1, 4, 3, 5, seed=2).requires_grad_()
     maps = torch.rand(1, 3, 3, 5, generator=torch.Generator().manual_seed(3)).requires_grad_()
@@ -263,6 +301,60 @@ def test_reactivate_is_relu_cosine():
     # a pixel equal to a prototype has R-CAM ~1 for it
     feats[0, :, 1, 2] = protos[0, 1]
     assert reactivate(protos, feats)[0, 1, 1, 2].item() == pytest.approx(1.0, abs=1e-4)
+
+
+def _two_texture_background(seed=0):
+    """Features (1, 4, 4, 6): a background of two textures (directions e0 and e1, with noise) in
+    the left and right halves of rows 0-2, an object (e2) in row 3; the background region mask."""
+    feats = torch.zeros(1, 4, 4, 6)
+    feats[0, 0, :3, :3] = 1.0
+    feats[0, 1, :3, 3:] = 1.0
+    feats[0, 2, 3, :] = 1.0
+    feats = feats + 0.05 * rand(1, 4, 4, 6, seed=seed)
+    region = torch.zeros(1, 1, 4, 6)
+    region[0, 0, :3] = 1.0
+    return feats, region
+
+
+def test_background_prototypes_find_the_two_textures():
+    """Two background textures give two prototypes, each the mean feature of one texture's cells
+    (whatever order); the object's cells (outside the region) are in neither."""
+    feats, region = _two_texture_background()
+    protos = background_prototypes(region, feats, k=2)
+    assert protos.shape == (1, 2, 4)
+    left, right = feats[0, :, :3, :3].flatten(1).mean(1), feats[0, :, :3, 3:].flatten(1).mean(1)
+    got = sorted(protos[0], key=lambda p: -p[0].item())
+    torch.testing.assert_close(got[0], left)
+    torch.testing.assert_close(got[1], right)
+    # the background channel (best match) is ~1 on both textures; one mean prototype is cos ~0.71
+    best = reactivate(protos, feats).amax(dim=1)[0]
+    one = reactivate(class_prototypes(region, feats), feats)[0, 0]
+    assert best[:3].min() > 0.98 and one[:3].max() < 0.8
+    assert best[3].max() < 0.2                     # the object matches neither texture
+
+
+def test_background_prototypes_one_is_the_region_mean_and_empty_clusters_are_zero():
+    feats, region = _two_texture_background(seed=1)
+    torch.testing.assert_close(background_prototypes(region, feats, k=1), class_prototypes(region, feats))
+    assert (background_prototypes(torch.zeros_like(region), feats, k=3) == 0).all()   # no region
+    single = torch.zeros_like(region)
+    single[0, 0, 1, 4] = 1.0                        # one cell, three prototypes: one is it, two are empty
+    protos = background_prototypes(single, feats, k=3)[0]
+    nonzero = [p for p in protos if p.abs().sum() > 0]
+    assert len(nonzero) == 1
+    torch.testing.assert_close(nonzero[0], feats[0, :, 1, 4])
+
+
+def test_background_prototypes_are_deterministic_and_carry_gradient():
+    feats, region = _two_texture_background(seed=2)
+    feats = feats.repeat(2, 1, 1, 1).requires_grad_(True)
+    region = region.repeat(2, 1, 1, 1)
+    a = background_prototypes(region, feats, k=3)
+    torch.testing.assert_close(a, background_prototypes(region, feats, k=3), rtol=0, atol=0)
+    torch.testing.assert_close(a[0], a[1], rtol=0, atol=0)    # batch items independent, alike here
+    a.sum().backward()
+    assert feats.grad[:, :, :3].abs().sum() > 0     # through the region's cells
+    assert (feats.grad[:, :, 3] == 0).all()         # not the cells outside it
 
 
 # =============================================================================== hff.py
@@ -358,6 +450,40 @@ def test_v2_forward_with_labels(v2_out):
     assert (present & (area > 0)).sum() >= 2  # at least the cases checked are not all vacuous
 
 
+@pytest.mark.parametrize("bg_prototypes", [1, 3])
+def test_v2_seeds_located_on_the_fused_grid(bg_prototypes):
+    """Seeding features fused: the structural match runs on F_hie's affinity and grid with M
+    resized to it (``cam_bg``): one-hot seeds there, masked by the labels, equal to
+    structural_seeds of F_hie and cam_bg; with several background prototypes only the background
+    channel changes. Without a seeding the model seeds as it trains (tokens, one prototype)."""
+    model = v2(num_classes=3, affinity="abs").eval()
+    x = rand(2, 3, 128, 192, seed=11)
+    fused = Seeding("fused", "relu", 0.5, bg_prototypes)
+    with torch.no_grad():
+        t_out, stages = model.features(x)
+        f_out, f_hie = model.head(t_out), model.hff(stages)
+        out = model.seed_maps(t_out, f_out, f_hie, LABELS, seeding=fused)
+        one = model.seed_maps(t_out, f_out, f_hie, LABELS, seeding=Seeding("fused", "relu", 0.5, 1))
+        default = model.seed_maps(t_out, f_out, f_hie, LABELS)
+        forward = model(x, LABELS, seeding=fused)
+    assert model.training_seeding() == Seeding("tokens", "abs", 0.5, 1)
+    assert default["seeds"].shape == (2, 4, 4, 6)
+    assert out["seeds"].shape == (2, 4, 8, 12) == out["rcam_raw"].shape
+    assert_one_hot(out["seeds"])
+    present = torch.cat([torch.ones(2, 1), LABELS], dim=1).bool()
+    assert (out["seeds"][~present] == 0).all()
+    torch.testing.assert_close(out["seeds"], structural_seeds(f_hie, out["cam_bg"], LABELS, "relu"))
+    torch.testing.assert_close(forward["rcam_raw"], out["rcam_raw"])
+    torch.testing.assert_close(out["rcam_raw"][:, 1:], one["rcam_raw"][:, 1:])
+    if bg_prototypes == 1:
+        torch.testing.assert_close(out["rcam_raw"], one["rcam_raw"])
+    else:
+        bg, bg_one = out["rcam_raw"][:, 0], one["rcam_raw"][:, 0]
+        assert not torch.allclose(bg, bg_one)
+        on_bg = out["seeds"][:, 0] > 0      # nearly every background seed cell is matched at least as well
+        assert on_bg.any() and (bg[on_bg] >= bg_one[on_bg] - 0.05).float().mean() > 0.9
+
+
 def test_v2_gradients_with_zero_weights():
     model = v2().train()
     out = model(rand(2, 3, 128, 128, seed=12), LABELS)
@@ -442,22 +568,28 @@ def _pad(x: torch.Tensor, right: int, bottom: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("right, bottom", [(0, 0), (2, 1), (3, 0), (0, 4)])
-@pytest.mark.parametrize("affinity", ["abs", "relu"])
-def test_v2_seeds_and_rcam_ignore_whatever_padding_surrounds_them(right, bottom, affinity):
+@pytest.mark.parametrize("affinity, seed_features, bg_prototypes, every_class",
+                         [("abs", "tokens", 1, False), ("relu", "tokens", 1, False), ("relu", "fused", 1, True),
+                          ("abs", "fused", 3, False), ("relu", "tokens", 2, True)])
+def test_v2_seeds_and_rcam_ignore_whatever_padding_surrounds_them(right, bottom, affinity, seed_features,
+                                                                   bg_prototypes, every_class):
     """The same tokens, CAM and fused features, once alone and once with padded tokens of random
     values around them, masked out: the same seeds, R-CAM and M on the image, and nothing
     (all channels 0) on the padding. Without the mask the padding changes the seeds."""
-    model = v2(num_classes=3, affinity=affinity)
+    model = v2(num_classes=3, affinity="abs")
+    seeding = Seeding(seed_features, affinity, 0.5, bg_prototypes, every_class)
+    g = 2 if seed_features == "fused" else 1          # the seeds' grid: fused cells per token
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     h, w = 3, 4
     t_out, f_out, f_hie = rand(2, 16, h, w, seed=1), rand(2, 3, h, w, seed=2), rand(2, 8, 2 * h, 2 * w, seed=3)
-    alone = model.seed_maps(t_out, f_out, f_hie, labels)
+    alone = model.seed_maps(t_out, f_out, f_hie, labels, seeding=seeding)
     H, W = 32 * (h + bottom), 32 * (w + right)                  # the pixel mask: the image at top left
     valid = torch.zeros(2, 1, H, W)
     valid[..., : 32 * h, : 32 * w] = 1
     padded = model.seed_maps(_pad(t_out, right, bottom, 4), _pad(f_out, right, bottom, 5),
-                             _pad(f_hie, 2 * right, 2 * bottom, 6), labels, valid)
-    torch.testing.assert_close(padded["seeds"][..., :h, :w], alone["seeds"])
+                             _pad(f_hie, 2 * right, 2 * bottom, 6), labels, valid, seeding)
+    assert alone["seeds"].shape[-2:] == (g * h, g * w)
+    torch.testing.assert_close(padded["seeds"][..., : g * h, : g * w], alone["seeds"])
     assert padded["seeds"].sum() == alone["seeds"].sum()          # no padded token is a seed
     for key in ("rcam_raw", "cam_bg"):
         torch.testing.assert_close(padded[key][..., : 2 * h, : 2 * w], alone[key], atol=1e-5, rtol=1e-5)
@@ -465,8 +597,8 @@ def test_v2_seeds_and_rcam_ignore_whatever_padding_surrounds_them(right, bottom,
     assert padded["valid"].shape == (2, 1, 2 * (h + bottom), 2 * (w + right))
     if right or bottom:      # the check is not vacuous: unmasked, the padding moves the seeds
         unmasked = model.seed_maps(_pad(t_out, right, bottom, 4), _pad(f_out, right, bottom, 5),
-                                   _pad(f_hie, 2 * right, 2 * bottom, 6), labels)
-        assert not torch.equal(unmasked["seeds"][..., :h, :w], alone["seeds"]) or \
+                                   _pad(f_hie, 2 * right, 2 * bottom, 6), labels, seeding=seeding)
+        assert not torch.equal(unmasked["seeds"][..., : g * h, : g * w], alone["seeds"]) or \
             not torch.allclose(unmasked["rcam_raw"][..., : 2 * h, : 2 * w], alone["rcam_raw"])
 
 

@@ -192,6 +192,15 @@ SCHEMA: dict[str, Any] = {
         "flip": Field(BOOL),
         "num_previews": Field(INT, _non_negative),
         "nproc": Field(INT, _positive, "processes (torchrun) the images are shared out over; one GPU each on CUDA"),
+        "seeds": {
+            "features": Field(STR, _choice("tokens", "fused"), "V2 at inference: seeds located by T_out's "
+                                                                "affinity (as in training, paper Eq. 4) or F_hie's (SIPE)"),
+            "affinity": Field(STR, _choice("abs", "relu"), "V2 at inference: |cos| (paper) or ReLU(cos) (SIPE)"),
+            "bg_prototypes": Field(INT, _positive, "V2 at inference: background prototypes (SIPE: 1; k > 1: "
+                                                   "k-means centres, the background channel their best match)"),
+            "every_class": Field(BOOL, None, "V2 at inference: a labelled class left without a seed takes the "
+                                             "cell of its best match (paper, SIPE: false)"),
+        },
     },
     "refine": {
         "method": Field(STR, _choice("none", "crf", "irn"), "none = seeds cut at bg_threshold | crf | irn"),

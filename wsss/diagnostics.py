@@ -6,7 +6,8 @@ that warns when V2's background seeds vanish (the "everything is foreground" col
 - ``cam_fg``: the share of the image the CAM calls foreground, softly: the mean over image
   tokens of the strongest present class's max-normed CAM (``1 - M_bg``). A flat CAM that covers
   the whole image gives ~1; objects that fill a third of the image, about a third.
-- V2 only, from its one-hot seeds (token grid) and R-CAM (fused-feature grid):
+- V2 only, from its one-hot seeds (token or fused grid, as ``model.seed_features``; the CAM is
+  resized to their grid) and R-CAM (fused-feature grid):
   ``seed_bg`` the share of image tokens seeded background; ``rcam_bg`` the share of image cells
   where the R-CAM's argmax over background + present classes is the background;
   ``cam_in_seed`` / ``cam_off_seed`` the mean max-normed CAM of a present class over the tokens
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .models.seeds import valid_grid
 from .models.swtformer import max_norm
@@ -55,7 +57,11 @@ def batch_health(out: dict[str, torch.Tensor], labels: torch.Tensor,
     stats = {"cam_fg": _share((cam * present).amax(dim=1, keepdim=True), v_tok)}
     if "seeds" not in out:
         return stats
-    seeds = out["seeds"].float()                                       # (B, C+1, h, w) one-hot
+    seeds = out["seeds"].float()                         # (B, C+1, h', w') one-hot, token or fused grid
+    if seeds.shape[-2:] != grid:                          # seeds located on the fused grid: the CAM there
+        cam = F.interpolate(cam, size=seeds.shape[-2:], mode="bilinear", align_corners=False)
+        v_tok = valid_grid(valid, seeds.shape[-2:])
+        v_tok = torch.ones_like(cam[:, :1]) if v_tok is None else v_tok.float()
     stats["seed_bg"] = _share(seeds[:, :1], v_tok)
     rcam = max_norm(out["rcam_raw"].float())                          # (B, C+1, h2, w2)
     keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=1)

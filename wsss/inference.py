@@ -17,6 +17,13 @@ import torch.nn.functional as F
 
 from .data.datasets import normalize, resize, to_tensor
 from .models.seeds import resize_valid
+from .models.swtformer import Seeding
+
+
+def seeding(seeds, model: torch.nn.Module) -> Seeding:
+    """V2's seeding at inference from the ``cams.seeds`` parameters (features, affinity,
+    bg_prototypes, every_class) and the trained model's own background weight."""
+    return Seeding(seeds.features, seeds.affinity, model.cfg.bg_weight, seeds.bg_prototypes, seeds.every_class)
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -44,11 +51,13 @@ def _to_image(maps: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int
 @torch.no_grad()
 def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[int], scales: Sequence[float],
                     flip: bool, device: torch.device, amp: bool = False,
-                    mask_padding: bool = True) -> dict[str, np.ndarray]:
+                    mask_padding: bool = True, seeding: Seeding | None = None) -> dict[str, np.ndarray]:
     """Seed maps of one RGB uint8 image (H, W, 3) for its present classes ``keys`` (1..C).
 
-    ``mask_padding`` False lets the padding into V2's seeds as before issue 12 (for
-    ``experiments/padding.py``, which measures what the mask changes).
+    ``seeding``: how a V2 model locates its seeds at each scale (None: as it trained, the
+    paper's; :func:`seeding` reads ``cams.seeds``). ``mask_padding`` False lets the padding into
+    V2's seeds as before issue 12 (for ``experiments/padding.py``, which measures what the mask
+    changes).
 
     Returns ``{"cam": (k, H, W)}``, channel i for class ``keys[i]``, and for a V2 model also
     ``{"rcam": (k + 1, H, W)}``, channel 0 the background and channel i + 1 class ``keys[i]``;
@@ -70,7 +79,7 @@ def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[in
         valid = torch.zeros((x.shape[0], 1, *x.shape[-2:]), device=device)
         valid[..., :sh, :sw] = 1.0       # each copy (the flip too) was padded on its right and bottom
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            out = model(x, labels.expand(x.shape[0], -1), valid=valid if mask_padding else None)
+            out = model(x, labels.expand(x.shape[0], -1), valid=valid if mask_padding else None, seeding=seeding)
         per_scale = {"cam": F.relu(out["cam_raw"].float())[:, fg]}
         if "rcam_raw" in out:
             per_scale["rcam"] = out["rcam_raw"].float()[:, with_bg]

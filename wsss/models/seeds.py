@@ -8,8 +8,12 @@ Pure functions on batched tensors, in the order the model applies them:
    through ``abs`` (the paper's Eq. 4) or ``relu`` (SIPE).
 3. :func:`structural_seeds`: each token takes the class whose map best matches the token's
    affinity row (an IoU of two soft masks), giving one-hot seeds (B, C+1, h, w).
-4. :func:`class_prototypes`: the mean feature of each seed region (B, C+1, D).
-5. :func:`reactivate`: ``ReLU(cos(F, P_k))`` (B, C+1, h, w), the R-CAM before max-normalising.
+4. :func:`class_prototypes`: the mean feature of each seed region (B, C+1, D);
+   :func:`background_prototypes`: optionally several for the background (B, k, D), the centres of
+   a spherical k-means over its seed region's features (a busy background is many things, and one
+   mean feature matches none of them well).
+5. :func:`reactivate`: ``ReLU(cos(F, P_k))`` (B, C+1, h, w), the R-CAM before max-normalising
+   (with several background prototypes, the background channel is the largest of theirs).
 
 Padding: an input padded to the model's tiling (inference) or a crop smaller than the crop
 size (training) carries tokens that are not the image. Each step takes ``valid`` (B, 1, h, w)
@@ -101,18 +105,42 @@ def structural_match(affinity: torch.Tensor, maps: torch.Tensor, bg_weight: floa
 
 
 def structural_seeds(tokens: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, affinity: str = "abs",
-                     bg_weight: float = 0.5, valid: torch.Tensor | None = None) -> torch.Tensor:
+                     bg_weight: float = 0.5, valid: torch.Tensor | None = None,
+                     every_class: bool = False) -> torch.Tensor:
     """One-hot seeds R (B, C+1, h, w) from tokens (B, D, h, w) and the (C+1) map M on their grid.
 
     Each token takes the class of largest structural match; the result is masked by the image's
     labels (B, C) (the background channel always kept) and by ``valid`` (a padded token is no
     seed: all its channels 0). No gradient flows through seeds.
+
+    ``every_class``: a present class left without any seed (the background's match won all its
+    tokens) takes the background seed where its own match is highest, so that every class the
+    labels name gets a prototype (without it, its R-CAM channel is 0 everywhere). Classes are
+    served in order; a class finds no token only when no background seed is left.
     """
     with torch.no_grad():
         match = structural_match(token_affinity(tokens.float(), affinity), maps.float(), bg_weight, valid)
         seeds = F.one_hot(match.argmax(dim=1), maps.shape[1]).permute(0, 3, 1, 2).to(maps.dtype)
         keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1).to(maps.dtype)
-        return masked(seeds * keep[:, :, None, None], valid)
+        seeds = masked(seeds * keep[:, :, None, None], valid)
+        if every_class:
+            _seed_missing_classes(seeds, match, labels)
+        return seeds
+
+
+def _seed_missing_classes(seeds: torch.Tensor, match: torch.Tensor, labels: torch.Tensor) -> None:
+    """In place: each present class with no seed takes the background seed of its best match."""
+    flat, score = seeds.flatten(2), match.flatten(2)                 # views: (B, C+1, N)
+    rows = torch.arange(seeds.shape[0], device=seeds.device)
+    for c in range(1, seeds.shape[1]):
+        free = flat[:, 0] > 0                                        # background seeds (image cells)
+        need = (labels[:, c - 1] > 0) & (flat[:, c].sum(dim=1) == 0) & free.any(dim=1)
+        if not need.any():
+            continue
+        best = score[:, c].masked_fill(~free, float("-inf")).argmax(dim=1)   # (B,)
+        b, cell = rows[need], best[need]
+        flat[b, 0, cell] = 0
+        flat[b, c, cell] = 1
 
 
 def class_prototypes(seeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -123,6 +151,41 @@ def class_prototypes(seeds: torch.Tensor, features: torch.Tensor) -> torch.Tenso
     area = seeds.flatten(2).sum(dim=2, keepdim=True)                # (B, K, 1)
     total = seeds.flatten(2) @ features.flatten(2).transpose(1, 2)  # (B, K, D)
     return total / area.clamp_min(1.0)
+
+
+def background_prototypes(region: torch.Tensor, features: torch.Tensor, k: int, iterations: int = 10,
+                          eps: float = 1e-5) -> torch.Tensor:
+    """``k`` prototypes of one seed region: region (B, 1, h, w) in {0, 1}, features (B, D, h, w) ->
+    (B, k, D), the mean features of the clusters of a spherical k-means (cosine) over the region's
+    cells.
+
+    Deterministic: the first centre is the region's mean direction, each next one the region's
+    cell least similar to the centres so far (farthest-point start), then ``iterations`` rounds of
+    assign-to-nearest and re-centre. Clustering takes no gradient; the returned prototypes are the
+    plain means of their clusters' features (as :func:`class_prototypes`), so gradients reach the
+    features through them. A cluster left empty (a region of fewer than k distinct cells, or none)
+    gives the zero vector, whose reactivation is 0 everywhere. ``k == 1`` is
+    :func:`class_prototypes` of the region.
+    """
+    b = features.shape[0]
+    x = features.flatten(2).transpose(1, 2)                     # (B, N, D)
+    member = region.flatten(1).to(x.dtype)                      # (B, N)
+    if k == 1:
+        return class_prototypes(region, features)
+    with torch.no_grad():
+        xn = x / (x.norm(dim=2, keepdim=True) + eps)
+        centres = [F.normalize((member[..., None] * xn).sum(dim=1), dim=1, eps=eps)]
+        rows = torch.arange(b, device=x.device)
+        for _ in range(k - 1):
+            sim = (xn @ torch.stack(centres, dim=2)).amax(dim=2)   # (B, N): nearest centre so far
+            sim = sim.masked_fill(member == 0, float("inf"))
+            centres.append(xn[rows, sim.argmin(dim=1)])
+        centres = torch.stack(centres, dim=1)                      # (B, k, D)
+        for _ in range(iterations + 1):
+            assign = F.one_hot((xn @ centres.transpose(1, 2)).argmax(dim=2), k).to(x.dtype) * member[..., None]
+            counts = assign.sum(dim=1)[..., None]                  # (B, k, 1)
+            centres = torch.where(counts > 0, F.normalize(assign.transpose(1, 2) @ xn, dim=2, eps=eps), centres)
+    return (assign.transpose(1, 2) @ x) / counts.clamp_min(1.0)
 
 
 def reactivate(prototypes: torch.Tensor, features: torch.Tensor, eps: float = 1e-5,

@@ -6,9 +6,12 @@ V1 (paper Eq. 1-2): the last stage's tokens ``T_out`` (B, D, h, w) go through a 
 
 V2 (paper section 3-4, 3-5) adds, given the image labels: the hierarchical fused feature
 ``F_hie`` (B, D', H/16, W/16) of all four stages (:mod:`.hff`); the (C+1) map ``M`` with a
-background channel; one-hot seeds from the structural match of ``T_out``'s token affinity with
-``M``; per-class prototypes over the seed regions of ``F_hie``; and the R-CAM
-``ReLU(cos(F_hie, P_k))`` (:mod:`.seeds`).
+background channel; one-hot seeds from the structural match of a feature affinity with ``M``;
+per-class prototypes over the seed regions of ``F_hie``; and the R-CAM ``ReLU(cos(F_hie, P_k))``
+(:mod:`.seeds`). How the seeds are located is a :class:`Seeding`: in training always the
+model's own (``T_out``'s token affinity, the paper's Eq. 4, one background prototype, as SIPE
+trains); at inference the caller may pass another (SIPE's inference code locates them with
+``F_hie``'s affinity instead; several background prototypes are this project's option).
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import torch.nn.functional as F
 
 from . import swin
 from .hff import HierarchicalFeatureFusion
-from .seeds import (class_prototypes, masked, reactivate, resize_valid, structural_seeds, valid_grid,
-                    with_background)
+from .seeds import (background_prototypes, class_prototypes, masked, reactivate, resize_valid,
+                    structural_seeds, valid_grid, with_background)
 
 
 @dataclass
@@ -43,6 +46,27 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Seeding:
+    """How V2 locates its seeds and models the background.
+
+    ``features``: whose affinity the structural match uses, ``tokens`` (``T_out``, paper Eq. 4;
+    seeds on the token grid) or ``fused`` (``F_hie``, with ``M`` resized to its grid, as SIPE's
+    inference code); ``affinity``: ``abs`` (|cos|, the paper) or ``relu`` (SIPE); ``bg_weight``:
+    the background's structural match is multiplied by this (SIPE: 0.5); ``bg_prototypes``: 1
+    (SIPE: the mean feature of the background seeds) or k > 1 (the centres of a k-means over them;
+    the R-CAM's background channel is the best match of the k); ``every_class``: a present class
+    the match left without a seed takes the cell of its best match (paper, SIPE: it stays without
+    one, and its R-CAM channel is 0).
+    """
+
+    features: str = "tokens"
+    affinity: str = "abs"
+    bg_weight: float = 0.5
+    bg_prototypes: int = 1
+    every_class: bool = False
 
 
 def max_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -77,9 +101,9 @@ class SWTformerV1(nn.Module):
         return t_out.permute(0, 3, 1, 2).contiguous(), stages
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, 3, H, W) -> {"logits": (B, C), "cam_raw": F_out (B, C, H/32, W/32)} (labels and
-        valid unused: V1's CAM is cropped to the image after the forward pass)."""
+                valid: torch.Tensor | None = None, seeding: Seeding | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 3, H, W) -> {"logits": (B, C), "cam_raw": F_out (B, C, H/32, W/32)} (labels, valid
+        and seeding unused: V1's CAM is cropped to the image after the forward pass)."""
         t_out, _ = self.features(x)
         f_out = self.head(t_out)
         return {"logits": f_out.mean(dim=(2, 3)), "cam_raw": f_out}
@@ -102,9 +126,10 @@ class SWTformerV2(SWTformerV1):
         return [*self.head.parameters(), *self.hff.parameters()]
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                valid: torch.Tensor | None = None, seeding: Seeding | None = None) -> dict[str, torch.Tensor]:
         """x (B, 3, H, W), labels (B, C) multi-hot or None, valid (B, 1, H, W) in {0, 1} or None:
-        which pixels are the image (not padding; None: all of them).
+        which pixels are the image (not padding; None: all of them); seeding: how to locate the
+        seeds (None: :meth:`training_seeding`, what the model trains with).
 
         Without labels, as V1 (classification only). With labels, also, for h2, w2 = H/16, W/16
         (see :meth:`seed_maps`):
@@ -112,8 +137,10 @@ class SWTformerV2(SWTformerV1):
         - ``"cam_bg"`` (B, C+1, h2, w2): ``M`` (background + present classes, max-normed CAMs)
           bilinearly resized to the ``F_hie`` grid;
         - ``"rcam_raw"`` (B, C+1, h2, w2): ``ReLU(cos(F_hie, P_k))`` in [0, 1], not max-normed;
-        - ``"seeds"`` (B, C+1, H/32, W/32): the one-hot seeds on the token grid;
-        - ``"prototypes"`` (B, C+1, D'): the mean ``F_hie`` feature of each seed region (0: no seed);
+        - ``"seeds"`` (B, C+1, h, w): the one-hot seeds, on the token grid (H/32, W/32) or the
+          fused grid (h2, w2), as ``seeding.features`` says;
+        - ``"prototypes"`` (B, C+1, D'): the mean ``F_hie`` feature of each seed region (0: no seed;
+          the background's one mean, whatever ``seeding.bg_prototypes``);
         - ``"valid"`` (B, 1, h2, w2): the cells of the ``F_hie`` grid that are the image.
         """
         t_out, stages = self.features(x)
@@ -121,23 +148,42 @@ class SWTformerV2(SWTformerV1):
         out = {"logits": f_out.mean(dim=(2, 3)), "cam_raw": f_out}
         if labels is None:
             return out
-        return {**out, **self.seed_maps(t_out, f_out, self.hff(stages), labels, valid)}
+        return {**out, **self.seed_maps(t_out, f_out, self.hff(stages), labels, valid, seeding)}
+
+    def training_seeding(self) -> Seeding:
+        """The paper's seeds, as the model trains with them: ``T_out``'s affinity (``cfg.affinity``),
+        one background prototype."""
+        return Seeding("tokens", self.cfg.affinity, self.cfg.bg_weight, 1)
 
     def seed_maps(self, t_out: torch.Tensor, f_out: torch.Tensor, f_hie: torch.Tensor, labels: torch.Tensor,
-                  valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                  valid: torch.Tensor | None = None, seeding: Seeding | None = None) -> dict[str, torch.Tensor]:
         """V2's seeds, prototypes and R-CAM from T_out (B, D, h, w), F_out (B, C, h, w), F_hie
         (B, D', 2h, 2w) and labels (B, C); padding (``valid``, a pixel mask) masked out of every
-        step: the CAMs are max-normed over the image's tokens, padded tokens are neither
-        affinity neighbours nor seeds nor in a prototype, and ``M`` and the R-CAM are 0 there."""
+        step: the CAMs are max-normed over the image's tokens, padded cells are neither
+        affinity neighbours nor seeds nor in a prototype, and ``M`` and the R-CAM are 0 there.
+
+        The seeds lie on the grid of the features whose affinity locates them
+        (``seeding.features``): the token grid (``T_out``, with ``M`` on it) or the fused grid
+        (``F_hie``, with ``M`` resized to it, as ``cam_bg``)."""
+        seeding = seeding or self.training_seeding()
         f_hie = f_hie.float()
         grid = f_hie.shape[-2:]
         v_tok, v_hie = valid_grid(valid, f_out.shape[-2:]), valid_grid(valid, grid)
         m = masked(with_background(max_norm(masked(F.relu(f_out.float()), v_tok)), labels), v_tok)
-        seeds = structural_seeds(t_out, m, labels, self.cfg.affinity, self.cfg.bg_weight, v_tok)
-        prototypes = class_prototypes(masked(F.interpolate(seeds, size=grid, mode="nearest"), v_hie), f_hie)
-        out = {"rcam_raw": reactivate(prototypes, f_hie, valid=v_hie),
-               "cam_bg": resize_valid(m, v_tok, v_hie, grid),
-               "seeds": seeds, "prototypes": prototypes}
+        cam_bg = resize_valid(m, v_tok, v_hie, grid)
+        if seeding.features == "fused":
+            seeds = structural_seeds(f_hie, cam_bg, labels, seeding.affinity, seeding.bg_weight, v_hie,
+                                     seeding.every_class)
+        else:
+            seeds = structural_seeds(t_out, m, labels, seeding.affinity, seeding.bg_weight, v_tok,
+                                     seeding.every_class)
+        on_hie = masked(F.interpolate(seeds, size=grid, mode="nearest"), v_hie)
+        prototypes = class_prototypes(on_hie, f_hie)
+        rcam = reactivate(prototypes, f_hie, valid=v_hie)
+        if seeding.bg_prototypes > 1:
+            bg = background_prototypes(on_hie[:, :1], f_hie, seeding.bg_prototypes)
+            rcam = torch.cat([reactivate(bg, f_hie, valid=v_hie).amax(dim=1, keepdim=True), rcam[:, 1:]], dim=1)
+        out = {"rcam_raw": rcam, "cam_bg": cam_bg, "seeds": seeds, "prototypes": prototypes}
         if valid is not None:
             out["valid"] = v_hie
         return out
