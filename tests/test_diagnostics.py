@@ -105,7 +105,7 @@ def test_collapse_watch_warns_once_per_run_of_collapsed_epochs():
 
 
 def test_v2_health_of_seeds_on_the_fused_grid():
-    """Seeds located on the fused grid (model.seed_features fused, twice the token grid): the
+    """Seeds located on the fused grid (a fused Seeding, twice the token grid): the
     shares are counted there, the CAM resized to it. The same seeds, each token's repeated over its
     2 x 2 cells, and a CAM constant over the token grid give the token-grid numbers."""
     out = _v2_out()

@@ -6,7 +6,7 @@ that warns when V2's background seeds vanish (the "everything is foreground" col
 - ``cam_fg``: the share of the image the CAM calls foreground, softly: the mean over image
   tokens of the strongest present class's max-normed CAM (``1 - M_bg``). A flat CAM that covers
   the whole image gives ~1; objects that fill a third of the image, about a third.
-- V2 only, from its one-hot seeds (token or fused grid, as ``model.seed_features``; the CAM is
+- V2 only, from its one-hot seeds (token grid in training; the fused grid under a fused ``Seeding``; the CAM is
   resized to their grid) and R-CAM (fused-feature grid):
   ``seed_bg`` the share of image tokens seeded background; ``rcam_bg`` the share of image cells
   where the R-CAM's argmax over background + present classes is the background;
