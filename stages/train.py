@@ -31,7 +31,8 @@ def main() -> None:
                       img_size=t.crop_size, head_kernel=p.model.head_kernel,
                       drop_path_rate=p.model.drop_path_rate, class_names=classes,
                       hff_dims=p.model.hff_dims, hff_detach=p.model.hff_detach, affinity=p.model.affinity,
-                      bg_weight=p.model.bg_weight)
+                      bg_weight=p.model.bg_weight, seed_features=p.model.seed_features,
+                      every_class=p.model.every_class)
     model = build_model(cfg)
     weights_info = load_pretrained(model.backbone, p.model.backbone, p.model.pretrained,
                                    partial=p.model.pretrained_partial)

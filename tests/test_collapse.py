@@ -46,7 +46,8 @@ def _train(demo_set, version: str, grad_to: str, epochs: int):
     m = DEFAULTS["model"]
     model = build_model(ModelConfig(version=version, backbone=m["backbone"], num_classes=6, img_size=CROP,
                                     hff_dims=m["hff_dims"], hff_detach=m["hff_detach"], affinity=m["affinity"],
-                                    bg_weight=m["bg_weight"]))
+                                    bg_weight=m["bg_weight"], seed_features=m["seed_features"],
+                                    every_class=m["every_class"]))
     crops = TrainCrops(root, ids, labels, 6, CROP, [48, 96], True, 0.0, 0)
     loss = DEFAULTS["loss"]
     cfg = TrainConfig(epochs=epochs, batch_size=16, lr=DEFAULTS["train"]["lr"], head_lr_mult=4.0,

@@ -450,6 +450,23 @@ def test_v2_forward_with_labels(v2_out):
     assert (present & (area > 0)).sum() >= 2  # at least the cases checked are not all vacuous
 
 
+def test_training_seeding_follows_the_model_config():
+    """model.seed_features / model.every_class choose the seeds V2 trains with: the forward pass
+    without a seeding equals the one with that Seeding (one background prototype), and differs
+    from the paper's seeds here (so the check is not vacuous)."""
+    model = v2(num_classes=3, affinity="relu", seed_features="fused", every_class=True).eval()
+    assert model.training_seeding() == Seeding("fused", "relu", 0.5, 1, True)
+    x = rand(2, 3, 128, 192, seed=11)
+    with torch.no_grad():
+        default = model(x, LABELS)
+        chosen = model(x, LABELS, seeding=Seeding("fused", "relu", 0.5, 1, True))
+        paper = model(x, LABELS, seeding=Seeding("tokens", "relu", 0.5, 1))
+    torch.testing.assert_close(default["seeds"], chosen["seeds"])
+    torch.testing.assert_close(default["rcam_raw"], chosen["rcam_raw"])
+    assert default["seeds"].shape[-2:] == default["rcam_raw"].shape[-2:] != paper["seeds"].shape[-2:]
+    assert (default["seeds"][:, 1:].flatten(2).sum(dim=2)[LABELS.bool()] > 0).all()   # every labelled class
+
+
 @pytest.mark.parametrize("bg_prototypes", [1, 3])
 def test_v2_seeds_located_on_the_fused_grid(bg_prototypes):
     """Seeding features fused: the structural match runs on F_hie's affinity and grid with M

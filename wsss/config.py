@@ -154,6 +154,10 @@ SCHEMA: dict[str, Any] = {
         "hff_detach": Field(BOOL, None, "V2: HFF branches see detached backbone features (SIPE: true)"),
         "affinity": Field(STR, _choice("abs", "relu"), "V2: token affinity |cos| (paper) or ReLU(cos) (SIPE)"),
         "bg_weight": Field(FLOAT, _fraction, "V2: background structural match down-weighting (SIPE: 0.5)"),
+        "seed_features": Field(STR, _choice("tokens", "fused"), "V2 in training: seeds located by T_out's "
+                                                                 "affinity (paper Eq. 4) or F_hie's"),
+        "every_class": Field(BOOL, None, "V2 in training: a labelled class left without a seed takes the "
+                                         "cell of its best match (paper, SIPE: false)"),
     },
     "loss": {
         "w_gsc": Field(FLOAT, _non_negative, "V2: weight of L_GSC (0 = off)"),

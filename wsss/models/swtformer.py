@@ -8,10 +8,11 @@ V2 (paper section 3-4, 3-5) adds, given the image labels: the hierarchical fused
 ``F_hie`` (B, D', H/16, W/16) of all four stages (:mod:`.hff`); the (C+1) map ``M`` with a
 background channel; one-hot seeds from the structural match of a feature affinity with ``M``;
 per-class prototypes over the seed regions of ``F_hie``; and the R-CAM ``ReLU(cos(F_hie, P_k))``
-(:mod:`.seeds`). How the seeds are located is a :class:`Seeding`: in training always the
-model's own (``T_out``'s token affinity, the paper's Eq. 4, one background prototype, as SIPE
-trains); at inference the caller may pass another (SIPE's inference code locates them with
-``F_hie``'s affinity instead; several background prototypes are this project's option).
+(:mod:`.seeds`). How the seeds are located is a :class:`Seeding`: in training the model's own
+(:meth:`SWTformerV2.training_seeding`, from the config: ``T_out``'s or ``F_hie``'s affinity,
+every labelled class seeded or not, one background prototype; the paper's Eq. 4 and SIPE's
+training use ``T_out``'s); at inference the caller may pass another (SIPE's inference code
+locates them with ``F_hie``'s affinity; several background prototypes are this project's option).
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class ModelConfig:
     hff_detach: bool = True
     affinity: str = "abs"
     bg_weight: float = 0.5
+    seed_features: str = "tokens"
+    every_class: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,9 +154,10 @@ class SWTformerV2(SWTformerV1):
         return {**out, **self.seed_maps(t_out, f_out, self.hff(stages), labels, valid, seeding)}
 
     def training_seeding(self) -> Seeding:
-        """The paper's seeds, as the model trains with them: ``T_out``'s affinity (``cfg.affinity``),
-        one background prototype."""
-        return Seeding("tokens", self.cfg.affinity, self.cfg.bg_weight, 1)
+        """The seeds the model trains with: by default the paper's (``T_out``'s affinity,
+        ``cfg.affinity``, one background prototype); ``cfg.seed_features`` and ``cfg.every_class``
+        as in :class:`Seeding`."""
+        return Seeding(self.cfg.seed_features, self.cfg.affinity, self.cfg.bg_weight, 1, self.cfg.every_class)
 
     def seed_maps(self, t_out: torch.Tensor, f_out: torch.Tensor, f_hie: torch.Tensor, labels: torch.Tensor,
                   valid: torch.Tensor | None = None, seeding: Seeding | None = None) -> dict[str, torch.Tensor]:
