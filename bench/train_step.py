@@ -1,12 +1,10 @@
 """Benchmark: one training step of the project against a bare timm Swin step, same batch, same process.
 
-project  the inner loop of ``wsss.training.fit``, made of the very pieces ``fit`` calls, in its
-         order: ``build_model(ModelConfig(...))``, AdamW over ``training.param_groups``, LambdaLR
-         of ``training.warmup_cosine``, ``torch.amp.GradScaler`` and ``torch.autocast`` (both
-         enabled only on CUDA, as in ``fit``); per step: ``model(x, y)``, ``losses.total_loss``,
-         the finiteness check, ``zero_grad``, ``scaler.scale(loss).backward()``, ``scaler.step``,
-         ``scaler.update``, ``schedule.step`` and the per-step read-out of the loss terms and lr.
-         Not timed: data loading, tqdm, DVCLive.
+project  ``wsss.training.Stepper.step``, the very body of the training loop (``wsss.training.run``)
+         over the classifier's task: ``model(x, y)`` under autocast (CUDA only),
+         ``losses.total_loss``, the batch's health statistics, the finiteness check,
+         ``zero_grad``, ``scaler.scale(loss).backward()``, ``scaler.step``, ``scaler.update``,
+         ``schedule.step``. Not timed: data loading, tqdm, DVCLive.
 bare     ``timm.create_model(backbone, num_classes=C)`` with its own linear head,
          ``F.multilabel_soft_margin_loss``, ``zero_grad``, ``backward``, ``AdamW.step``.
 
@@ -30,10 +28,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from wsss import losses
 from wsss.models import ModelConfig, build_model
 from wsss.models.swin import SMALL_BASE, SMALL_CONFIGS
-from wsss.training import TrainConfig, param_groups, warmup_cosine
+from wsss.classifier import ClassifierTask, TrainConfig
+from wsss.training import Stepper
 
 from _timing import environment, print_environment, print_table, ratio, stats, time_alternating, write_json
 
@@ -48,41 +46,21 @@ STEPS_PER_EPOCH = 30
 
 
 class ProjectStep:
-    """One iteration of the loop in ``wsss.training.fit`` (same calls, same order)."""
+    """One iteration of the training loop: :class:`wsss.training.Stepper` (the body of
+    ``wsss.training.run``) over the classifier's task, as the train stage builds it."""
 
     def __init__(self, version: str, args: argparse.Namespace, cfg: TrainConfig, device: torch.device,
                  x: torch.Tensor, y: torch.Tensor):
         model_cfg = ModelConfig(version=version, backbone=args.backbone, num_classes=args.num_classes,
                                 img_size=args.size, drop_path_rate=args.drop_path_rate)
         self.model = build_model(model_cfg)
-        self.device, self.x, self.y, self.loss = device, x, y, cfg.loss
-        # --- as in fit(), before the loop
         self.model.to(device).train()
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay),
-                                           lr=cfg.lr)
-        total = cfg.epochs * STEPS_PER_EPOCH
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total, round(cfg.warmup_epochs * STEPS_PER_EPOCH), cfg.min_lr_ratio))
-        self.use_amp = cfg.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
+        self.stepper = Stepper(ClassifierTask(self.model, cfg), self.model, cfg.loop(), device, STEPS_PER_EPOCH)
+        self.batch, self.step = (x, y, torch.arange(len(x))), 0
 
     def __call__(self) -> float:
-        device = self.device
-        # --- as in fit(), one pass of the loop body
-        x, y = self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
-            out = self.model(x, y)
-        terms = losses.total_loss(out, y, self.loss)
-        loss = terms["total"]
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"project step: loss is {loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.schedule.step()
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        _lr = self.optimizer.param_groups[0]["lr"]  # fit reads the lr every step (progress bar, DVCLive)
+        values = self.stepper.step(self.batch, self.step, self.step // STEPS_PER_EPOCH)
+        self.step += 1
         return values["total"]
 
 

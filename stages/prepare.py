@@ -19,9 +19,12 @@ from wsss.data.manifest import build_manifest
 def main() -> None:
     p = load_params()
     root = data_root(p)
-    splits = [p.data.train_split, p.data.seed_split, p.data.cls_split, *p.cams.splits]
-    manifest = build_manifest(root, splits, scored=[p.data.seed_split], train=p.data.train_split,
-                              held_out=[p.data.cls_split], workers=os.cpu_count() or 1)
+    splits = [p.data.train_split, p.data.seed_split, p.data.cls_split, p.data.val_split, *p.cams.splits]
+    # masks: the seeds' scored split and the segmenter's validation split; with segment.labels gt,
+    # the training split's too (the upper bound trains on them)
+    scored = [p.data.seed_split, p.data.val_split] + ([p.data.train_split] if p.segment.labels == "gt" else [])
+    manifest = build_manifest(root, splits, scored=scored, train=p.data.train_split,
+                              held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1)
     io.write_json(artifacts.MASKS, {"split": p.data.seed_split, **manifest.pop("masks")})
     io.write_json(artifacts.MANIFEST, manifest)
     counts = manifest["counts"]["images"]

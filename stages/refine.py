@@ -1,4 +1,5 @@
-"""Stage `refine`: pseudo labels (VOC palette PNGs) from the seeds of data.seed_split."""
+"""Stage `refine`: pseudo labels (VOC palette PNGs) from the seeds of data.seed_split (scored by
+`evaluate`) and of data.train_split (the segmenter trains on them), one method for both."""
 from __future__ import annotations
 
 import shutil
@@ -20,15 +21,16 @@ def main() -> None:
     root = data_root(p)
     r = p.refine
     kind = artifacts.seed_kind(r.map)
-    split = p.data.seed_split
+    splits = [s for s in dict.fromkeys([p.data.seed_split, p.data.train_split]) if s in p.cams.splits]
     shutil.rmtree(artifacts.PSEUDO, ignore_errors=True)
     tasks = [(voc.image_path(root, i), artifacts.cam_path(split, i), artifacts.pseudo_path(split, i))
-             for i in manifest["splits"][split]]
+             for split in splits for i in manifest["splits"][split]]
+    split = " + ".join(splits)
     desc = f"refine {split} ({r.method}, {kind})"
     start = time.perf_counter()
     if r.method == "irn":
         device = runtime.device()
-        cfg = IRNConfig.from_params(r.irn, p.seed)
+        cfg = IRNConfig.from_params(r.irn, p.seed, p.train.amp)
         walker = Walker(trained.load_relation_net(cfg.dim, device), kind, cfg, device)
         label_images(tasks, walker, workers=1, desc=desc)
     else:
@@ -36,12 +38,12 @@ def main() -> None:
                            crf_gt_prob=r.crf.gt_prob, crf=CRFConfig.from_params(r.crf))
         refine_split(tasks, cfg, r.workers, desc=desc)
     seconds = time.perf_counter() - start
-    record = {"method": r.method, "map": kind, "split": split, "images": len(tasks), "seconds": round(seconds, 2)}
+    record = {"method": r.method, "map": kind, "splits": splits, "images": len(tasks), "seconds": round(seconds, 2)}
     if r.method == "irn":
         relations = io.read_json(artifacts.RELATION_INFO)
         record["relations"] = {k: relations[k] for k in ("split", "images", "confident_pixels", "seconds", "summary")}
     io.write_json(artifacts.PSEUDO / "refine.json", record)
-    print(f"refine: {len(tasks)} pseudo labels ({r.method} on the {kind}) in {artifacts.PSEUDO / split} "
+    print(f"refine: {len(tasks)} pseudo labels ({r.method} on the {kind}) of {split} in {artifacts.PSEUDO} "
           f"in {seconds:.1f} s")
 
 

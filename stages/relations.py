@@ -50,7 +50,7 @@ def main() -> None:
     for path in label_paths:
         lab = voc.read_mask(path)
         counts += [(lab == 0).sum(), ((lab > 0) & (lab < 255)).sum(), (lab == 255).sum()]
-    cfg = IRNConfig.from_params(irn, p.seed)
+    cfg = IRNConfig.from_params(irn, p.seed, p.train.amp)
     net = RelationNet(trained.load_model(device), cfg.dim)
     start = time.perf_counter()
     with Live(dir=str(artifacts.RELATIONS / "live"), dvcyaml=None, save_dvc_exp=False) as live:

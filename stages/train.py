@@ -1,20 +1,17 @@
 """Stage `train`: train the SWTformer classifier; save safetensors weights and val scores."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 
-from dvclive import Live
 from wsss import artifacts, distributed, io, runtime
-from wsss.checkpoint import Checkpointer, rewind_live
+from wsss.checkpoint import Checkpointer, session
+from wsss.classifier import TrainConfig, fit, predict_scores
 from wsss.cli import data_root, run_stage
-from wsss.config import load_params, to_dict
+from wsss.config import load_params, shaping, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
 from wsss.losses import LossWeights
 from wsss.models import ModelConfig, build_model
 from wsss.models.swin import load_pretrained
-from wsss.training import TrainConfig, fit, predict_scores
 
 
 def main() -> None:
@@ -53,20 +50,10 @@ def main() -> None:
     print(f"train: {cfg.version} on {device}, {len(train_set)} images, {t.epochs} epochs, "
           f"pretrained={p.model.pretrained} ({loaded})")
     # what makes a checkpoint this run's: everything that shapes training, and the data
-    shaping = to_dict(p)
-    for key in ("resume", "num_workers", "nproc", "checkpoint_every"):   # how, not what: e.g. resume on more GPUs
-        shaping["train"].pop(key)
-    fingerprint = {"params": {k: shaping[k] for k in ("seed", "model", "loss", "train")},
+    fingerprint = {"params": shaping(p, "seed", "model", "loss", "train"),
                    "splits": [p.data.train_split, p.data.cls_split], "data": manifest["fingerprint"]}
     checkpoint = Checkpointer(artifacts.CHECKPOINT, fingerprint)
-    resume = checkpoint.load() if t.resume == "auto" else None
-    if resume is not None and main_process:
-        rewind_live(artifacts.TRAIN_LIVE / "plots/metrics", resume["step"])
-    logger = (Live(dir=str(artifacts.TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
-              if main_process else nullcontext())
-    with logger as live:
-        if resume is not None and live is not None:
-            live.step = resume["step"]      # DVCLive would go on from the last step it logged
+    with session(artifacts.TRAIN_LIVE, checkpoint, t.resume, main_process) as (live, resume):
         summary = fit(model, train_set, val_set, tc, device, live,
                       checkpoint=checkpoint if main_process else None, resume=resume)
     if not main_process:     # the first process writes the outputs

@@ -22,7 +22,7 @@ from wsss.data.demo import VARIANTS, generate_demo
 from wsss.data.manifest import build_manifest
 from wsss.losses import LossWeights
 from wsss.models import ModelConfig, build_model
-from wsss.training import TrainConfig, fit
+from wsss.classifier import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wsss import config
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("wsss", "stages")
 
@@ -151,8 +153,7 @@ def test_torch_free_stages_do_not_import_torch():
 
 
 # keys that say how a stage runs, not what it makes: no stage lists them, so changing them re-runs nothing
-HOW_KEYS = {"train.nproc", "train.num_workers", "train.checkpoint_every", "train.resume", "cams.nproc",
-            "refine.workers"}
+HOW_KEYS = config.HOW_KEYS
 
 
 def _leaves(tree: dict, prefix: str = "") -> set[str]:
@@ -181,3 +182,43 @@ def test_every_result_key_reaches_a_stage_and_no_how_key_does():
     listed = {str(k) for spec in _stages().values() for k in spec.get("params", [])}
     unlisted = sorted(k for k in leaves - HOW_KEYS if not _reached(k, listed))
     assert not unlisted, f"params.yaml keys no stage lists (changing them re-runs nothing): {unlisted}"
+
+
+def write_code_deps(path: Path = REPO / "dvc.yaml") -> list[str]:
+    """Rewrite each stage's code deps in dvc.yaml to its import closure (comments and other deps
+    kept; the code deps go after the others, sorted). Returns the stages changed.
+
+        python tests/test_dvc_wiring.py      # after adding a stage or changing imports
+    """
+    lines, out, changed = path.read_text().splitlines(), [], []
+    stages, stage, i = _stages(), None, 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":") \
+                and line.strip()[:-1] in stages:
+            stage = line.strip()[:-1]
+        if stage and line == "    deps:":
+            out.append(line)
+            i += 1
+            block = []
+            while i < len(lines) and lines[i].startswith("      - "):
+                block.append(lines[i])
+                i += 1
+            spec = stages[stage]
+            entry = REPO / "stages" / f"{spec['cmd'].split('-m stages.')[1].split()[0]}.py"
+            code = sorted(str(f.relative_to(REPO)) for f in import_closure(entry))
+            kept = [b for b in block if not b[8:].startswith(("stages/", "wsss/")) or
+                    (REPO / b[8:]).is_dir() and not b[8:].endswith(".py") and b[8:].startswith("wsss/data/lists")]
+            new = kept + [f"      - {c}" for c in code]
+            if new != block:
+                changed.append(stage)
+            out += new
+            continue
+        out.append(line)
+        i += 1
+    path.write_text("\n".join(out) + "\n")
+    return changed
+
+
+if __name__ == "__main__":
+    print("code deps rewritten:", ", ".join(write_code_deps()) or "none")

@@ -13,9 +13,10 @@ import torch
 from wsss.data import voc
 from wsss.models import ModelConfig, build_model
 from wsss.models.relations import RelationNet
-from wsss.refine import affinity, labels
-from wsss.refine.irn import (STRIDE, IRNConfig, LabelCrops, Walker, make_optimizer, train_relations, walk,
+from wsss.refine import affinity
+from wsss.refine.irn import (STRIDE, IRNConfig, LabelCrops, Walker, loop_config, train_relations, walk,
                              walked_labels)
+from wsss.training import make_optimizer
 
 
 # --- pair geometry -------------------------------------------------------------------------
@@ -214,9 +215,9 @@ def test_walk_of_an_rcam_is_sipes():
 
 
 def test_sgd_is_irns_poly_schedule():
-    cfg = IRNConfig(optimizer="sgd", lr=0.1, weight_decay=1e-4)
+    cfg = IRNConfig(optimizer="sgd", lr=0.1, weight_decay=1e-4, epochs=2)
     p = torch.nn.Parameter(torch.zeros(1))
-    opt, schedule = make_optimizer([p], cfg, total_steps=10, warmup_steps=5)
+    opt, schedule = make_optimizer([{"params": [p]}], loop_config(cfg), steps_per_epoch=5)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0
     lrs = []
     for _ in range(3):
@@ -225,7 +226,7 @@ def test_sgd_is_irns_poly_schedule():
         schedule.step()
     assert lrs == pytest.approx([0.1, 0.1 * 0.9 ** 0.9, 0.1 * 0.8 ** 0.9])
     with pytest.raises(ValueError, match="refine.irn.optimizer"):
-        make_optimizer([p], replace(cfg, optimizer="adam"), 10, 5)
+        loop_config(replace(cfg, optimizer="adam"))
 
 
 # --- data, net, walker ---------------------------------------------------------------------

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from e2e import TINY, copy_repo, fork, run
+from e2e import copy_repo, fork, run
 
 
 @pytest.fixture(scope="session")

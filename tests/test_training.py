@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from wsss.training import EpochShuffle, TrainConfig, TrainingError, fit, param_groups, warmup_cosine
+from wsss.classifier import TrainConfig, fit
+from wsss.training import EpochShuffle, TrainingError, param_groups, warmup_cosine
 
 
 class Tiny(nn.Module):

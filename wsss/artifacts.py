@@ -18,7 +18,14 @@ Layout (relative to the project directory)::
     relations/labels/<id>.png          its confident training labels (palette PNG, 255 = unsure)
     relations/live/                    its DVCLive training log
     pseudo/<split>/<id>.png            pseudo labels, VOC palette PNG (0 = background, 255 = unsure)
-    pseudo/refine.json                 how they were made (method, map, split, time)
+    pseudo/refine.json                 how they were made (method, map, splits, time)
+    segmenter/model.safetensors        the trained segmenter (step 3)
+    segmenter/model.json               its SegmenterConfig, labels it trained on, summary, versions
+    segmenter/checkpoints/last.pt      an interrupted segmenter run's last checkpoint
+    dvclive/segment/                   its DVCLive training log
+    metrics/segment.json               its mIoU on data.val_split: single-scale, msc + flip, msc + CRF
+    metrics/segment_per_class.json     per-class IoU / precision / recall of each setting
+    predictions/<id>.png, <id>_overlay.jpg  ``python -m wsss.predict``'s output (not a stage)
 """
 from __future__ import annotations
 
@@ -46,6 +53,11 @@ PSEUDO = Path("pseudo")
 RELATIONS = Path("relations")
 RELATION_WEIGHTS = RELATIONS / "relations.safetensors"
 RELATION_INFO = RELATIONS / "relations.json"
+SEGMENTER = Path("segmenter")
+SEGMENTER_WEIGHTS = SEGMENTER / "model.safetensors"
+SEGMENTER_INFO = SEGMENTER / "model.json"
+SEGMENTER_CHECKPOINT = SEGMENTER / "checkpoints" / "last.pt"
+SEGMENT_LIVE = Path("dvclive/segment")
 METRICS = Path("metrics")
 TRAIN_HEALTH = METRICS / "train.json"          # the last epoch's health statistics; V2: background seed collapse
 PLOTS = Path("plots")

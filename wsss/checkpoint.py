@@ -12,6 +12,7 @@ keeps the folder across runs (``persist: true``).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -108,3 +109,22 @@ def rewind_live(plots_dir: Path, step: int) -> None:
         if len(kept) < len(lines):
             io.write_text(tsv, "\n".join(kept) + "\n")
 
+
+
+@contextmanager
+def session(live_dir: Path, checkpoint: Checkpointer, resume_mode: str, main_process: bool = True):
+    """One training run's ``(live, resume)``: the checkpoint, loaded when ``resume_mode`` is
+    ``auto`` (else None), and a DVCLive logger writing under ``live_dir`` (None on every process
+    but the first), its curves rewound to the checkpoint's step and counting on from it."""
+    resume = checkpoint.load() if resume_mode == "auto" else None
+    if not main_process:
+        yield None, resume
+        return
+    from dvclive import Live
+
+    if resume is not None:
+        rewind_live(Path(live_dir) / "plots/metrics", resume["step"])
+    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume is not None) as live:
+        if resume is not None:
+            live.step = resume["step"]      # DVCLive would go on from the last step it logged
+        yield live, resume

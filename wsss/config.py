@@ -102,6 +102,16 @@ def _extent(v) -> str | None:
     return None
 
 
+def _choice_int(*options: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(map(str, options))}"
+
+
+def _rates(v) -> str | None:
+    if len(v) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        return "must be a list of three positive integers"
+    return None
+
+
 def _pretrained(v) -> str | None:
     return None if v.strip() else "must be 'none', 'timm' or a checkpoint path"
 
@@ -119,6 +129,11 @@ _CRF_KERNELS: dict[str, Field] = {
     "bilateral_compat": Field(FLOAT, _non_negative),
 }
 
+#: keys that say how a stage runs, not what it makes: no stage lists them in dvc.yaml (changing
+#: them re-runs nothing) and no checkpoint fingerprint holds them (a run may resume on more GPUs)
+HOW_KEYS = frozenset({"train.nproc", "train.num_workers", "train.checkpoint_every", "train.resume", "cams.nproc",
+                      "refine.workers", "segment.nproc", "segment.num_workers", "segment.checkpoint_every"})
+
 # The whole parameter tree. A dict is a section; a Field is a leaf.
 SCHEMA: dict[str, Any] = {
     "seed": Field(INT, _non_negative, "global seed (data order, augmentation, init)"),
@@ -127,6 +142,7 @@ SCHEMA: dict[str, Any] = {
         "train_split": Field(STR, None, "split the classifier trains on"),
         "seed_split": Field(STR, None, "split where seeds are scored against masks"),
         "cls_split": Field(STR, None, "split where classification mAP is scored"),
+        "val_split": Field(STR, None, "split where the segmenter is scored against its masks"),
         "demo": {
             "variant": Field(STR, _choice("standard", "large", "busy", "natural"),
                              "a named demo style: the three keys below set to null take its values"),
@@ -238,6 +254,37 @@ SCHEMA: dict[str, Any] = {
             "rcam_power": Field(FLOAT, _positive, "R-CAM seeds raised to this power before the walk (SIPE: 1.5)"),
         },
     },
+    "segment": {
+        "labels": Field(STR, _choice("pseudo", "gt"), "pseudo = refine's labels of data.train_split | gt = its "
+                                                       "ground-truth masks (the fully supervised upper bound)"),
+        "backbone": Field(STR, None, "a timm model name (features_only): resnet101 = the literature's DeepLab"),
+        "pretrained": Field(STR, _pretrained, "none | timm (ImageNet, hub) | path to ImageNet weights"),
+        "output_stride": Field(INT, _choice_int(8, 16, 32), "backbone stride (dilated past it)"),
+        "feature_stage": Field(INT, None, "the backbone stage that feeds ASPP (-1: the last)"),
+        "aspp_channels": Field(INT, _positive, "width of ASPP and the head (torchvision's DeepLabHead: 256)"),
+        "aspp_rates": Field(LIST, _rates, "ASPP's three dilation rates (DeepLabV3 at stride 16: 6 12 18)"),
+        "epochs": Field(INT, _positive),
+        "batch_size": Field(INT, lambda v: None if v >= 2 else "must be >= 2 (batch norm)"),
+        "crop_size": Field(INT, _positive),
+        "resize_long": Field(LIST, _pair, "random rescale of the long side, [low, high] px"),
+        "optimizer": Field(STR, _choice("adamw", "sgd"), "adamw | sgd (DeepLab: momentum 0.9)"),
+        "momentum": Field(FLOAT, _fraction, "sgd only"),
+        "schedule": Field(STR, _choice("cosine", "poly"), "cosine (warm-up + cosine) | poly (DeepLab: power 0.9)"),
+        "warmup_epochs": Field(FLOAT, _non_negative, "cosine only"),
+        "lr": Field(FLOAT, _positive, "backbone learning rate"),
+        "head_lr_mult": Field(FLOAT, _positive, "ASPP and head learn at lr * this (DeepLab: 10)"),
+        "weight_decay": Field(FLOAT, _non_negative),
+        "validate": Field(BOOL, None, "score data.val_split single-scale after every epoch (training curves)"),
+        "num_workers": Field(INT, _non_negative),
+        "nproc": Field(INT, _positive, "processes (torchrun, DDP; one GPU each on CUDA); batch_size is their global batch"),
+        "checkpoint_every": Field(INT, _non_negative, "also checkpoint every this many steps within an epoch"),
+        "eval": {
+            "scales": Field(LIST, _scales, "multi-scale inference (with flip): the 'msc' score"),
+            "flip": Field(BOOL),
+            "crf": Field(BOOL, None, "also score msc + dense CRF ('msc_crf')"),
+            "crf_kernels": {k: v for k, v in _CRF_KERNELS.items() if k != "gt_prob"},
+        },
+    },
     "evaluate": {
         "threshold_start": Field(FLOAT, _fraction),
         "threshold_stop": Field(FLOAT, _fraction),
@@ -253,6 +300,16 @@ def _namespace(d: Mapping[str, Any]) -> SimpleNamespace:
 def to_dict(ns: SimpleNamespace) -> dict:
     """Inverse of the namespace conversion: plain nested dicts (for JSON records)."""
     return {k: to_dict(v) if isinstance(v, SimpleNamespace) else v for k, v in vars(ns).items()}
+
+
+def shaping(p: SimpleNamespace, *keys: str) -> dict:
+    """The named top-level keys of the parameters as plain dicts, without :data:`HOW_KEYS`: what
+    shapes a result (a training checkpoint's fingerprint)."""
+    def drop(d: dict, prefix: str) -> dict:
+        return {k: drop(v, f"{prefix}{k}.") if isinstance(v, dict) else v for k, v in d.items()
+                if f"{prefix}{k}" not in HOW_KEYS}
+    whole = to_dict(p)
+    return {k: drop(whole[k], f"{k}.") if isinstance(whole[k], dict) else whole[k] for k in keys}
 
 
 def _validate(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, source: str) -> None:
@@ -300,6 +357,15 @@ def _cross_checks(p: SimpleNamespace, source: str) -> None:
         raise ParamsError(f"{source}: 'data.demo.min_size' must be <= data.demo.max_size")
     if p.data.demo.num_train > p.data.demo.num_train_aug:
         raise ParamsError(f"{source}: 'data.demo.num_train' must be <= data.demo.num_train_aug")
+    if p.segment.labels == "pseudo" and p.data.train_split not in p.cams.splits:
+        raise ParamsError(f"{source}: 'cams.splits' must include data.train_split '{p.data.train_split}': the "
+                          f"segmenter trains on its pseudo labels (segment.labels: pseudo)")
+    if p.segment.batch_size % p.segment.nproc:
+        raise ParamsError(f"{source}: 'segment.batch_size' {p.segment.batch_size} (the global batch) must split "
+                          f"evenly over segment.nproc={p.segment.nproc} processes")
+    if p.data.val_split == p.data.train_split:
+        raise ParamsError(f"{source}: 'data.val_split' must differ from data.train_split '{p.data.train_split}' "
+                          "(the segmenter would be scored on the images it trained on)")
     if p.evaluate.threshold_start > p.evaluate.threshold_stop:
         raise ParamsError(f"{source}: 'evaluate.threshold_start' must be <= evaluate.threshold_stop")
 

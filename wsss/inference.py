@@ -49,6 +49,15 @@ def _to_image(maps: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int
 
 
 @torch.no_grad()
+def scaled_input(image: np.ndarray, scale: float, flip: bool) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB uint8 image (H, W, 3) resized by ``scale``, normalised: (1, 3, h, w), or with
+    ``flip`` (2, 3, h, w), the mirrored copy second; and its size (h, w)."""
+    h, w = image.shape[:2]
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = to_tensor(normalize(resize(image, sh, sw)))[None]
+    return (torch.cat([x, x.flip(-1)]) if flip else x), (sh, sw)
+
+
 def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[int], scales: Sequence[float],
                     flip: bool, device: torch.device, amp: bool = False,
                     mask_padding: bool = True, seeding: Seeding | None = None) -> dict[str, np.ndarray]:
@@ -71,10 +80,7 @@ def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[in
     totals: dict[str, torch.Tensor] = {}
     use_amp = amp and device.type == "cuda"
     for s in scales:
-        sh, sw = max(1, round(h * s)), max(1, round(w * s))
-        x = to_tensor(normalize(resize(image, sh, sw)))[None]
-        if flip:
-            x = torch.cat([x, x.flip(-1)])
+        x, (sh, sw) = scaled_input(image, s, flip)
         x = _pad_to(x, model.pad_multiple).to(device)
         valid = torch.zeros((x.shape[0], 1, *x.shape[-2:]), device=device)
         valid[..., :sh, :sw] = 1.0       # each copy (the flip too) was padded on its right and bottom

@@ -130,6 +130,41 @@ class TrainCrops(EpochSeeded):
         return to_tensor(img), multi_hot(self.labels[image_id], self.num_classes), index, torch.tensor(box)
 
 
+class LabelledCrops(EpochSeeded):
+    """Training crops with their label maps: item -> (image (3, S, S) float, labels int64 with 255
+    = ignore / padding, taken on the ``stride`` grid: (S / stride, S / stride), the centre pixel of
+    each cell). A random long side in ``resize_long``, a flip (p 0.5), one random crop for both:
+    the labels ride along as a 4th channel, resized by nearest neighbour."""
+
+    def __init__(self, root: Path, ids: Sequence[str], label_paths: Sequence[Path], crop_size: int,
+                 resize_long: Sequence[int], seed: int, stride: int = 1, ignore: int = 255):
+        if not ids:
+            raise voc.DataError("no training images for the label maps")
+        super().__init__(ids, seed)
+        self.root, self.label_paths = Path(root), list(label_paths)
+        self.crop_size, self.resize_long, self.stride, self.ignore = crop_size, tuple(resize_long), stride, ignore
+
+    def __getitem__(self, index: int):
+        rng = self.rng(index)
+        img = voc.read_image(voc.image_path(self.root, self.ids[index]))
+        lab = voc.read_mask(self.label_paths[index])
+        if lab.shape != img.shape[:2]:
+            raise voc.DataError(f"{self.label_paths[index]}: labels {lab.shape} but image {img.shape[:2]}")
+        long_side = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
+        s = long_side / max(img.shape[:2])
+        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
+        img = resize(img, h, w)
+        lab = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+        if rng.random() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        # one crop for both: the labels shifted by 1 so that padding reads 0
+        both, _ = random_crop(np.concatenate([normalize(img), lab[..., None] + 1], axis=2), self.crop_size, rng)
+        k = self.stride
+        grid = both[k // 2::k, k // 2::k, 3].astype(np.int64) - 1
+        grid[grid < 0] = self.ignore
+        return to_tensor(np.ascontiguousarray(both[..., :3])), torch.from_numpy(grid)
+
+
 class WholeImages(Dataset):
     """Whole images resized to (size, size) for classification scoring: -> (image, labels, index)."""
 

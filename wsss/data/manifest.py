@@ -11,7 +11,6 @@ split); oddities that are read fine (EXIF rotation tags, bytes after a JPEG's en
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial

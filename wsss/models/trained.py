@@ -15,14 +15,15 @@ def load_model_config(path: Path = MODEL_INFO) -> ModelConfig:
     return ModelConfig(**info["config"])
 
 
-def load_model(device=None):
-    """The trained model from ``models/`` (safetensors), in eval mode on ``device``."""
-    cfg = load_model_config()
+def load_model(device=None, folder: Path | None = None):
+    """The trained model from ``models/`` (or ``folder``; safetensors), in eval mode on ``device``."""
+    info, weights = (MODEL_INFO, WEIGHTS) if folder is None else (folder / MODEL_INFO.name, folder / WEIGHTS.name)
+    cfg = load_model_config(info)
     model = build_model(cfg)
-    state = io.load_weights(WEIGHTS)
+    state = io.load_weights(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise io.ArtifactError(f"{WEIGHTS}: does not fit {cfg.version}/{cfg.backbone}: "
+        raise io.ArtifactError(f"{weights}: does not fit {cfg.version}/{cfg.backbone}: "
                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.to(device or "cpu").eval()
 

@@ -21,17 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ..data import voc
-from ..data.datasets import EpochSeeded, normalize, random_crop, resize, to_tensor
+from ..data.datasets import LabelledCrops, normalize, to_tensor
 from ..models.relations import RelationNet
-from ..training import EpochShuffle, TrainingError, warmup_cosine
+from ..training import LoopConfig, Task, TrainingError, run
 from . import affinity, labels
 
 STRIDE = 4   # the relation net's grid, whatever the backbone's patch size (RelationNet.logits)
@@ -54,98 +50,69 @@ class IRNConfig:
     bg_threshold: float = 0.75
     rcam_power: float = 1.5
     seed: int = 0
+    amp: bool = False
 
     @classmethod
-    def from_params(cls, irn, seed: int) -> "IRNConfig":
-        """From the ``refine.irn`` params section and the global seed."""
-        names = set(cls.__dataclass_fields__) - {"seed", "resize_long"}
-        return cls(**{n: getattr(irn, n) for n in names}, resize_long=tuple(irn.resize_long), seed=seed)
+    def from_params(cls, irn, seed: int, amp: bool = False) -> "IRNConfig":
+        """From the ``refine.irn`` params section, the global seed and ``train.amp``."""
+        names = set(cls.__dataclass_fields__) - {"seed", "resize_long", "amp"}
+        return cls(**{n: getattr(irn, n) for n in names}, resize_long=tuple(irn.resize_long), seed=seed, amp=amp)
 
 
-class LabelCrops(EpochSeeded):
+class LabelCrops(LabelledCrops):
     """Training crops with their confident labels on the stride-4 grid:
     item -> (image (3, S, S) float, labels (S/4, S/4) int64 with 255 = unsure / padding)."""
 
     def __init__(self, root: Path, ids: Sequence[str], label_paths: Sequence[Path], cfg: IRNConfig):
         if not ids:
             raise TrainingError("the relation net has no training images")
-        super().__init__(ids, cfg.seed)
-        self.root, self.label_paths, self.cfg = Path(root), list(label_paths), cfg
-
-    def __getitem__(self, index: int):
-        cfg = self.cfg
-        rng = self.rng(index)
-        img = voc.read_image(voc.image_path(self.root, self.ids[index]))
-        lab = voc.read_mask(self.label_paths[index])
-        if lab.shape != img.shape[:2]:
-            raise voc.DataError(f"{self.label_paths[index]}: labels {lab.shape} but image {img.shape[:2]}")
-        long_side = int(rng.integers(cfg.resize_long[0], cfg.resize_long[1] + 1))
-        s = long_side / max(img.shape[:2])
-        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
-        img = resize(img, h, w)
-        lab = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
-        if rng.random() < 0.5:
-            img, lab = img[:, ::-1], lab[:, ::-1]
-        # one crop for both: the labels ride along as a 4th channel, shifted by 1 so padding reads 0
-        both, _ = random_crop(np.concatenate([normalize(img), lab[..., None] + 1], axis=2), cfg.crop_size, rng)
-        grid = both[STRIDE // 2::STRIDE, STRIDE // 2::STRIDE, 3].astype(np.int64) - 1
-        grid[grid < 0] = affinity.IGNORE
-        return to_tensor(np.ascontiguousarray(both[..., :3])), torch.from_numpy(grid)
+        super().__init__(root, ids, label_paths, cfg.crop_size, cfg.resize_long, cfg.seed, STRIDE, affinity.IGNORE)
 
 
-def make_optimizer(params, cfg: IRNConfig, total_steps: int, warmup_steps: int):
-    """(optimizer, LambdaLR schedule) for the boundary head: ``adamw`` with warm-up + cosine, or
+def loop_config(cfg: IRNConfig) -> LoopConfig:
+    """How the boundary head is optimised: ``adamw`` with half an epoch of warm-up + cosine, or
     ``sgd`` as IRN's ``PolyOptimizer``: plain SGD (IRN's call passes its weight decay where SGD
     takes the momentum: in effect none), learning rate ``lr * (1 - step / total) ** 0.9``."""
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / total_steps) ** 0.9)
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps, 0.01))
-    raise ValueError(f"refine.irn.optimizer: '{cfg.optimizer}' is not adamw or sgd")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"refine.irn.optimizer: '{cfg.optimizer}' is not adamw or sgd")
+    sgd = cfg.optimizer == "sgd"
+    return LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      optimizer=cfg.optimizer, momentum=0.0, schedule="poly" if sgd else "cosine",
+                      warmup_epochs=0.5, min_lr_ratio=0.01, num_workers=0, amp=cfg.amp, seed=cfg.seed,
+                      name="relations")
+
+
+class RelationTask(Task):
+    """IRN's relation loss of the boundary head over the pairs within ``train_radius`` of the
+    confident labels' stride-4 grid (:class:`LabelCrops`); only the head trains."""
+
+    nan_hint = "lower refine.irn.lr or check the confident labels"
+
+    def __init__(self, net: RelationNet, cfg: IRNConfig):
+        self.model, self.cfg = net, cfg
+
+    def param_groups(self, cfg: LoopConfig) -> list[dict]:
+        # weight decay on every parameter of the head, as IRN's optimizer
+        return [{"params": list(self.model.head.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+
+    def forward(self, net, batch, device):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        return {"boundary": net(x)}, (y,)
+
+    def loss(self, out, targets, epochs):
+        r = self.cfg.train_radius
+        terms = affinity.relation_loss(affinity.boundary_to_affinity(out["boundary"].float(), r),
+                                       affinity.pair_labels(targets[0], r))
+        return terms, {}
 
 
 def train_relations(net: RelationNet, dataset: LabelCrops, cfg: IRNConfig, device: torch.device,
-                    live=None) -> dict:
-    """Train ``net.head`` in place (:func:`make_optimizer`); return the last epoch's mean losses."""
-    net.to(device).train()
-    sampler = EpochShuffle(len(dataset), cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-    steps = len(loader)
-    if steps == 0:
-        raise TrainingError(f"{len(dataset)} training images are fewer than one batch of "
-                            f"refine.irn.batch_size={cfg.batch_size}")
-    optimizer, schedule = make_optimizer(net.head.parameters(), cfg, cfg.epochs * steps, steps // 2)
-    summary: dict = {}
-    for epoch in range(cfg.epochs):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"relations epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        for x, y in bar:
-            x, y = x.to(device), y.to(device)
-            boundary = net(x)
-            terms = affinity.relation_loss(affinity.boundary_to_affinity(boundary, cfg.train_radius),
-                                           affinity.pair_labels(y, cfg.train_radius))
-            if not torch.isfinite(terms["total"]):
-                raise TrainingError(f"relation loss is {terms['total'].item()} at epoch {epoch + 1}: "
-                                    f"lower refine.irn.lr or check the confident labels")
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            schedule.step()
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{values['total']:.4f}")
-            if live is not None:
-                for k, v in values.items():
-                    live.log_metric(f"train/loss_{k}", v)
-                live.next_step()
-        summary = {"epoch": epoch + 1, **{f"loss_{k}": v / steps for k, v in sums.items()}}
-        tqdm.write("relations " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
-    return summary
+                    live=None, checkpoint=None, resume=None) -> dict:
+    """Train ``net.head`` in place through the training loop (:func:`wsss.training.run`); return
+    the last epoch's summary (its mean loss terms as ``loss_*``)."""
+    summary = run(RelationTask(net, cfg), dataset, loop_config(cfg), device, live, checkpoint, resume)
+    return {"epoch": summary["epoch"], "loss_total": summary["loss"],
+            **{f"loss_{k}": v for k, v in summary.get("terms", {}).items()}}
 
 
 class Walker:

@@ -1,0 +1,86 @@
+"""Stage `segment`: train the segmentation network (step 3) on the pseudo labels of
+data.train_split (segment.labels: pseudo) or on its ground-truth masks (gt: the fully
+supervised upper bound), through the same training loop as the classifier."""
+from __future__ import annotations
+
+import hashlib
+
+from wsss import artifacts, distributed, io, runtime
+from wsss.checkpoint import Checkpointer, session
+from wsss.cli import data_root, run_stage
+from wsss.config import load_params, shaping, to_dict
+from wsss.data import voc
+from wsss.data.datasets import LabelledCrops
+from wsss.models.segmenter import SegmenterConfig, build_segmenter
+from wsss.segmentation import SegmentTask
+from wsss.training import LoopConfig, run
+
+
+def segmenter_config(p, classes) -> SegmenterConfig:
+    s = p.segment
+    return SegmenterConfig(backbone=s.backbone, num_classes=len(classes) + 1, output_stride=s.output_stride,
+                           feature_stage=s.feature_stage, aspp_channels=s.aspp_channels,
+                           aspp_rates=tuple(s.aspp_rates), class_names=("background", *classes))
+
+
+def main() -> None:
+    p = load_params()
+    distributed.launch_stage(p.segment.nproc, "segment.nproc", "stages.segment", runtime.device())
+    s = p.segment
+    manifest = artifacts.load_manifest()
+    root = data_root(p)
+    classes = manifest["classes"]
+    split = p.data.train_split
+    ids = manifest["splits"][split]
+    if s.labels == "pseudo":
+        label_paths = [artifacts.pseudo_path(split, i) for i in ids]
+    else:
+        label_paths = [voc.mask_path(root, i) for i in ids]
+    missing = [path for path in label_paths if not path.exists()]
+    if missing:
+        what = "refine's pseudo labels" if s.labels == "pseudo" else "ground-truth masks"
+        raise voc.DataError(f"{missing[0]}: {len(missing)} of the {len(ids)} images of '{split}' have no "
+                            f"{what} (segment.labels: {s.labels})")
+    runtime.seed_everything(p.seed)
+    device = distributed.setup(runtime.device())
+    main_process = distributed.is_main()
+    cfg = segmenter_config(p, classes)
+    model = build_segmenter(cfg, s.pretrained)
+    val = [(voc.image_path(root, i), voc.mask_path(root, i)) for i in manifest["splits"][p.data.val_split]]
+    task = SegmentTask(model, s.head_lr_mult, cfg.num_classes, val if s.validate else None, p.train.amp)
+    loop = LoopConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                      optimizer=s.optimizer, momentum=s.momentum, schedule=s.schedule,
+                      warmup_epochs=s.warmup_epochs, num_workers=s.num_workers, amp=p.train.amp, seed=p.seed,
+                      checkpoint_every=s.checkpoint_every, name="segment")
+    crops = LabelledCrops(root, ids, label_paths, s.crop_size, s.resize_long, p.seed)
+    print(f"segment: {cfg.backbone} (output stride {cfg.output_stride}, pretrained={s.pretrained}) on {device}, "
+          f"{len(ids)} images of '{split}' with {s.labels} labels, {s.epochs} epochs")
+    params = shaping(p, "seed", "segment")
+    params["segment"].pop("eval")       # scoring only
+    fingerprint = {"params": {**params, "amp": p.train.amp}, "split": split,
+                   "data": manifest["fingerprint"], "labels": _labels_fingerprint(label_paths)}
+    checkpoint = Checkpointer(artifacts.SEGMENTER_CHECKPOINT, fingerprint)
+    with session(artifacts.SEGMENT_LIVE, checkpoint, p.train.resume, main_process) as (live, resume):
+        summary = run(task, crops, loop, device, live, checkpoint=checkpoint if main_process else None,
+                      resume=resume)
+    if not main_process:
+        distributed.cleanup()
+        return
+    io.save_weights(artifacts.SEGMENTER_WEIGHTS, model.state_dict(), metadata={"backbone": cfg.backbone})
+    io.write_json(artifacts.SEGMENTER_INFO, {"config": cfg.to_dict(), "labels": s.labels, "split": split,
+                                             "images": len(ids), "summary": summary, "params": to_dict(p)["segment"],
+                                             "versions": runtime.versions()})
+    checkpoint.clear()
+    distributed.cleanup()
+
+
+def _labels_fingerprint(paths) -> str:
+    """The label maps' content (a checkpoint made on other labels is not this run's)."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    run_stage("segment", main)
