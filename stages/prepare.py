@@ -3,8 +3,9 @@
 DVC re-runs this stage when any file under data.root changes (dvc.yaml lists ``${data.root}``,
 hashed with DVC's state cache: an unchanged data set is not re-read). The manifest's fingerprint
 covers the files training reads, masks.json the scored masks (read only by cams' previews and
-evaluate), so a change elsewhere under the root re-runs nothing else, and a corrected mask
-re-scores without retraining.
+evaluate), segment_masks.json the segmenter's (data.val_split's and, with segment.labels gt,
+data.train_split's), so a change elsewhere under the root re-runs nothing else, and a corrected
+mask re-scores (or re-trains the segmenter on it) without retraining the classifier.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def main() -> None:
     scored = [p.data.seed_split, p.data.val_split] + ([p.data.train_split] if p.segment.labels == "gt" else [])
     manifest = build_manifest(root, splits, scored=scored, train=p.data.train_split,
                               held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1)
-    io.write_json(artifacts.MASKS, {"split": p.data.seed_split, **manifest.pop("masks")})
+    masks = manifest.pop("masks")
+    io.write_json(artifacts.MASKS, {"split": p.data.seed_split, **masks[p.data.seed_split]})
+    io.write_json(artifacts.SEGMENT_MASKS, {s: masks[s] for s in dict.fromkeys(scored[1:])})
     io.write_json(artifacts.MANIFEST, manifest)
     counts = manifest["counts"]["images"]
     print(f"prepare: {len(manifest['classes'])} classes; " + ", ".join(f"{s}: {n}" for s, n in counts.items()))

@@ -18,9 +18,11 @@ from wsss.training import LoopConfig, run
 
 def segmenter_config(p, classes) -> SegmenterConfig:
     s = p.segment
+    classifier = io.read_json(artifacts.MODEL_INFO)["config"] if s.backbone == "classifier" else None
     return SegmenterConfig(backbone=s.backbone, num_classes=len(classes) + 1, output_stride=s.output_stride,
                            feature_stage=s.feature_stage, aspp_channels=s.aspp_channels,
-                           aspp_rates=tuple(s.aspp_rates), class_names=("background", *classes))
+                           aspp_rates=tuple(s.aspp_rates), class_names=("background", *classes),
+                           classifier=classifier)
 
 
 def main() -> None:
@@ -45,7 +47,9 @@ def main() -> None:
     device = distributed.setup(runtime.device())
     main_process = distributed.is_main()
     cfg = segmenter_config(p, classes)
-    model = build_segmenter(cfg, s.pretrained)
+    # backbone classifier: the SWTformer's trained weights (image-level labels only) are its start
+    state = io.load_weights(artifacts.WEIGHTS) if s.backbone == "classifier" else None
+    model = build_segmenter(cfg, s.pretrained, state)
     val = [(voc.image_path(root, i), voc.mask_path(root, i)) for i in manifest["splits"][p.data.val_split]]
     task = SegmentTask(model, s.head_lr_mult, cfg.num_classes, val if s.validate else None, p.train.amp)
     loop = LoopConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
@@ -53,7 +57,8 @@ def main() -> None:
                       warmup_epochs=s.warmup_epochs, num_workers=s.num_workers, amp=p.train.amp, seed=p.seed,
                       checkpoint_every=s.checkpoint_every, name="segment")
     crops = LabelledCrops(root, ids, label_paths, s.crop_size, s.resize_long, p.seed)
-    print(f"segment: {cfg.backbone} (output stride {cfg.output_stride}, pretrained={s.pretrained}) on {device}, "
+    start = "the classifier's weights" if s.backbone == "classifier" else f"pretrained={s.pretrained}"
+    print(f"segment: {cfg.backbone} (output stride {model.backbone.feature_info.reduction()[-1]}, {start}) on {device}, "
           f"{len(ids)} images of '{split}' with {s.labels} labels, {s.epochs} epochs")
     params = shaping(p, "seed", "segment")
     params["segment"].pop("eval")       # scoring only

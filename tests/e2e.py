@@ -15,8 +15,9 @@ BIN = Path(sys.executable).parent
 TINY = {
     "data": {"demo": {"num_train_aug": 40, "num_train": 12, "num_val": 12, "min_size": 96, "max_size": 128}},
     "train": {"epochs": 2, "batch_size": 8, "resize_long": [96, 160], "num_workers": 0},
-    # train_aug too: the IRN experiments train their relation net on its seeds
+    # train_aug too: the segmenter trains on its pseudo labels, the IRN experiments' relation net on its seeds
     "cams": {"scales": [1.0, 0.5], "num_previews": 2, "splits": ["train", "train_aug"]},
+    "segment": {"epochs": 2, "batch_size": 8, "num_workers": 0, "eval": {"scales": [1.0, 1.5]}},
 }
 
 

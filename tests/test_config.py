@@ -201,10 +201,20 @@ def test_bad_values_named(tmp_path, raw, key, value):
     ("data.demo.num_train", 1000, "data.demo.num_train"),    # > num_train_aug
     ("evaluate.threshold_start", 0.99, "evaluate.threshold_start"),
     ("train.nproc", 3, "train.batch_size"),                  # 16 does not split over 3
+    ("segment.nproc", 3, "segment.batch_size"),
+    ("data.val_split", "train_aug", "data.val_split"),       # the segmenter's training split
+    ("cams.splits", ["train"], "cams.splits"),                # no pseudo labels for train_aug
 ])
 def test_cross_checks(tmp_path, raw, key, value, named):
     msg = load_error(tmp_path, mutated(raw, key, value))
     assert named in msg
+
+
+def test_classifier_backbone_takes_no_other_weights(tmp_path, raw):
+    tree = mutated(mutated(raw, "segment.backbone", "classifier"), "segment.pretrained", "timm")
+    assert "'segment.pretrained' must be none with segment.backbone classifier" in load_error(tmp_path, tree)
+    gt = mutated(mutated(raw, "segment.labels", "gt"), "cams.splits", ["train"])
+    assert validate_params(gt).segment.labels == "gt"      # ground truth needs no pseudo labels
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

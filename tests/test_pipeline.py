@@ -51,6 +51,16 @@ def test_repro_produces_scored_seeds(tiny_baseline: Path):
     assert "seed.miou" in shown and "cls.map_per_image" in shown
     live = json.loads((tiny_run / "dvclive/train/metrics.json").read_text())
     assert live["train"]["loss_cls"] > 0 and 0 < live["epoch"]["val_map_per_image"] <= 1
+    # step 3: pseudo labels of the training split too, a segmenter trained on them, scored on val
+    assert sorted(p.stem for p in (tiny_run / "pseudo/train_aug").glob("*.png")) == sorted(_ids(tiny_run, "train_aug"))
+    seg = json.loads((tiny_run / "metrics/segment.json").read_text())
+    assert seg["labels"] == "pseudo" and seg["split"] == "val" and seg["images"] == len(_ids(tiny_run, "val"))
+    assert all(0 < seg[k]["miou"] <= 1 for k in ("single_scale", "msc", "msc_crf"))
+    bars = (tiny_run / "plots/segment_per_class.csv").read_text().splitlines()
+    assert bars[0] == "class,iou,precision,recall" and len(bars) == 1 + 7
+    seg_live = json.loads((tiny_run / "dvclive/segment/metrics.json").read_text())
+    assert seg_live["train"]["loss_ce"] > 0 and 0 <= seg_live["epoch"]["val_miou"] <= 1
+    assert "segment.json" in shown or "single_scale.miou" in shown
 
 
 @pytest.mark.slow
@@ -109,7 +119,7 @@ def _round_trip(repo: Path, clone: Path, url: str, env: dict, endpoint: str | No
     status = run(["dvc", "status"], clone).stdout
     assert status.strip() == "Data and pipelines are up to date.", status
     out = run(["dvc", "repro"], clone, env=env).stdout
-    for stage in ("demo", "prepare", "train", "cams", "relations", "refine", "evaluate"):
+    for stage in ("demo", "prepare", "train", "cams", "relations", "refine", "evaluate", "segment", "segment_eval"):
         assert f"Stage '{stage}' didn't change, skipping" in out, out
     assert run(["dvc", "metrics", "show", "--json"], clone).stdout == run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert (clone / "models/model.safetensors").read_bytes() == (repo / "models/model.safetensors").read_bytes()
@@ -177,7 +187,7 @@ def test_external_root_relative_and_absolute(tiny_repo: Path, tmp_path: Path):
     # --temp (as --queue): an absolute root resolves in DVC's temporary copy; a data change is seen
     _set_root(tiny_repo, str(data))
     run(["dvc", "repro", "prepare"], tiny_repo)
-    run(["dvc", "commit", "-f", "train", "cams", "relations", "refine", "evaluate"], tiny_repo)
+    run(["dvc", "commit", "-f", "train", "cams", "relations", "refine", "evaluate", "segment", "segment_eval"], tiny_repo)
     run(["git", "add", "-A"], tiny_repo)
     run(["git", "commit", "-qm", "external root"], tiny_repo)
     (data / "notes-temp.txt").write_text("changed after the commit")
@@ -325,6 +335,20 @@ def test_experiment_views(tiny_v2: Path, tmp_path: Path):
     run(["dvc", "plots", "show", "-o", str(html)], tiny_run)
     page = (html / "index.html").read_text()
     assert "Seed IoU per class" in page and "val_map_per_image" in page
+
+
+@pytest.mark.slow
+def test_ground_truth_upper_bound_retrains_only_the_segmenter(tiny_repo: Path):
+    """`-S segment.labels=gt`: the same segmenter on the training split's masks. Only prepare (which
+    now fingerprints those masks), segment and segment_eval run; the classifier, its seeds and the
+    pseudo labels are reused; the scores say which labels they came from."""
+    pseudo = json.loads((tiny_repo / "metrics/segment.json").read_text())
+    out = run(["dvc", "exp", "run", "-S", "segment.labels=gt", "-n", "tiny-gt"], tiny_repo).stdout
+    assert _ran(out) == ["prepare", "segment", "segment_eval"], out
+    gt = json.loads((tiny_repo / "metrics/segment.json").read_text())
+    assert gt["labels"] == "gt" and pseudo["labels"] == "pseudo"
+    assert json.loads((tiny_repo / "segmenter/model.json").read_text())["labels"] == "gt"
+    assert 0 < gt["msc"]["miou"] <= 1
 
 
 @pytest.mark.slow

@@ -156,6 +156,34 @@ def test_scorer_oracle_and_predict_averages_probabilities(tmp_path):
     del x
 
 
+def _tiny_classifier():
+    from wsss.models import ModelConfig, build_model
+    return build_model(ModelConfig(version="v1", backbone="swin_demo_p2", num_classes=3, img_size=64))
+
+
+def test_classifier_backbone_starts_from_the_classifiers_weights_at_any_size(tmp_path):
+    """segment.backbone classifier: the SWTformer's Swin (its weights, not a copy at init) feeds
+    ASPP; any input size is padded to the Swin's multiple and its map cropped back; a trained
+    segmenter of that kind loads back from its model.json alone."""
+    classifier = _tiny_classifier()
+    cfg = SegmenterConfig(backbone="classifier", num_classes=4, aspp_channels=8, aspp_rates=(1, 2, 3),
+                          classifier=classifier.cfg.to_dict())
+    model = build_segmenter(cfg, "none", classifier.state_dict()).eval()
+    mine = model.backbone.backbone.state_dict()
+    assert all(torch.equal(v, classifier.backbone.state_dict()[k]) for k, v in mine.items())
+    for h, w in [(64, 64), (70, 93), (33, 129)]:
+        x = torch.randn(1, 3, h, w)
+        assert model(x).shape == (1, 4, h, w)
+        assert model.backbone(x)[0].shape[-2:] == (-(-h // 16), -(-w // 16))
+    folder = tmp_path / "seg"
+    folder.mkdir()
+    io.save_weights(folder / "model.safetensors", model.state_dict())
+    (folder / "model.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    back = load_segmenter(folder / "model.safetensors", folder / "model.json")
+    x = torch.randn(1, 3, 50, 70)
+    assert torch.allclose(back(x), model(x), atol=1e-6)
+
+
 def _saved_segmenter(folder: Path) -> None:
     model = Segmenter(TINY)
     folder.mkdir(parents=True)

@@ -5,6 +5,7 @@ Layout (relative to the project directory)::
     data/demo/                         the generated demo set, VOC layout (when data.root names it)
     data/prepared/manifest.json        ids, labels, sizes, classes, counts, fingerprint of what training reads
     data/prepared/masks.json           fingerprint of the scored masks (read by cams' previews and evaluate)
+    data/prepared/segment_masks.json   fingerprint of the segmenter's masks (val; with segment.labels gt, train)
     models/model.safetensors           trained weights
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
@@ -39,6 +40,7 @@ from .errors import ParamsError
 PREPARED = Path("data/prepared")
 MANIFEST = PREPARED / "manifest.json"
 MASKS = PREPARED / "masks.json"
+SEGMENT_MASKS = PREPARED / "segment_masks.json"
 DEMO_ROOT = Path("data/demo")
 MODELS = Path("models")
 WEIGHTS = MODELS / "model.safetensors"

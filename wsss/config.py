@@ -257,7 +257,8 @@ SCHEMA: dict[str, Any] = {
     "segment": {
         "labels": Field(STR, _choice("pseudo", "gt"), "pseudo = refine's labels of data.train_split | gt = its "
                                                        "ground-truth masks (the fully supervised upper bound)"),
-        "backbone": Field(STR, None, "a timm model name (features_only): resnet101 = the literature's DeepLab"),
+        "backbone": Field(STR, None, "a timm model name (features_only): resnet101 = the literature's DeepLab; "
+                                     "classifier = the trained SWTformer's Swin backbone and weights"),
         "pretrained": Field(STR, _pretrained, "none | timm (ImageNet, hub) | path to ImageNet weights"),
         "output_stride": Field(INT, _choice_int(8, 16, 32), "backbone stride (dilated past it)"),
         "feature_stage": Field(INT, None, "the backbone stage that feeds ASPP (-1: the last)"),
@@ -360,6 +361,9 @@ def _cross_checks(p: SimpleNamespace, source: str) -> None:
     if p.segment.labels == "pseudo" and p.data.train_split not in p.cams.splits:
         raise ParamsError(f"{source}: 'cams.splits' must include data.train_split '{p.data.train_split}': the "
                           f"segmenter trains on its pseudo labels (segment.labels: pseudo)")
+    if p.segment.backbone == "classifier" and p.segment.pretrained != "none":
+        raise ParamsError(f"{source}: 'segment.pretrained' must be none with segment.backbone classifier (the "
+                          f"classifier's trained weights are its start), got {p.segment.pretrained!r}")
     if p.segment.batch_size % p.segment.nproc:
         raise ParamsError(f"{source}: 'segment.batch_size' {p.segment.batch_size} (the global batch) must split "
                           f"evenly over segment.nproc={p.segment.nproc} processes")

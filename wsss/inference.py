@@ -48,7 +48,6 @@ def _to_image(maps: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int
     return F.interpolate(maps[0:1], size=size, mode="bilinear", align_corners=False)[0]
 
 
-@torch.no_grad()
 def scaled_input(image: np.ndarray, scale: float, flip: bool) -> tuple[torch.Tensor, tuple[int, int]]:
     """An RGB uint8 image (H, W, 3) resized by ``scale``, normalised: (1, 3, h, w), or with
     ``flip`` (2, 3, h, w), the mirrored copy second; and its size (h, w)."""
@@ -58,6 +57,7 @@ def scaled_input(image: np.ndarray, scale: float, flip: bool) -> tuple[torch.Ten
     return (torch.cat([x, x.flip(-1)]) if flip else x), (sh, sw)
 
 
+@torch.no_grad()
 def multiscale_maps(model: torch.nn.Module, image: np.ndarray, keys: Sequence[int], scales: Sequence[float],
                     flip: bool, device: torch.device, amp: bool = False,
                     mask_padding: bool = True, seeding: Seeding | None = None) -> dict[str, np.ndarray]:

@@ -79,7 +79,7 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
         files += [voc.image_path(root, i), voc.xml_path(root, i)]
     if (root / "classes.txt").exists():
         files.append(root / "classes.txt")
-    masks = [voc.mask_path(root, i) for i in ids if need_mask[i]]
+    scored_masks = {s: [voc.mask_path(root, i) for i in split_ids[s]] for s in dict.fromkeys(scored) if s in split_ids}
     # no paths in here: the manifest (a DVC output) must hash the same in every clone, wherever
     # the project and the data live, or a teammate's pulled pipeline would all re-run
     return {
@@ -98,7 +98,8 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
         # scoring and previews read: prepare writes them to two files, so a corrected mask re-scores
         # without retraining
         "fingerprint": _fingerprint(files, root),
-        "masks": {"count": len(masks), "fingerprint": _fingerprint(masks, root)},
+        # per scored split: the stages that read a split's masks depend on its record alone
+        "masks": {s: {"count": len(m), "fingerprint": _fingerprint(m, root)} for s, m in scored_masks.items()},
     }
 
 

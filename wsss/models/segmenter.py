@@ -7,11 +7,16 @@ and an image-pooling branch, projected to ``aspp_channels``), then a 3x3 conv + 
 256 channels at rates 12 / 24 / 36). The logits are upsampled bilinearly to the input size.
 
 Why timm for the backbone: it is the library the classifier already stands on; any of its
-hundreds of ImageNet classifiers (ResNet-101, the literature's DeepLab setting; small ResNets for
-the CPU demo) becomes a dilated feature extractor by name, and its ImageNet weights come from its
-hub when online or from a local file (a torchvision ResNet checkpoint fits timm's ResNets key for
-key). Weights trained on segmentation masks are refused (:func:`check_not_segmentation`): the
+hundreds of ImageNet classifiers (ResNet-101, the literature's DeepLab setting; small ResNets)
+becomes a dilated feature extractor by name, and its ImageNet weights come from its hub when
+online or from a local file (a torchvision ResNet checkpoint fits timm's ResNets key for key).
+Weights trained on segmentation masks are refused (:func:`check_not_segmentation`): the
 COCO-trained DeepLab weights torchvision ships saw the VOC classes with full masks.
+
+``backbone: classifier`` takes the trained SWTformer's own Swin backbone (timm's Swin, with the
+weights the classifier learnt from image-level labels only) as the feature extractor
+(:class:`ClassifierFeatures`): the CPU demo has no ImageNet weights, and a segmenter from
+scratch there learns where objects are but not which class they are.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class SegmenterConfig:
     aspp_channels: int = 256
     aspp_rates: tuple[int, ...] = (6, 12, 18)
     class_names: tuple[str, ...] = field(default_factory=tuple)
+    classifier: dict | None = None    # backbone "classifier": the SWTformer's ModelConfig (as a dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -55,13 +61,53 @@ class SegmenterConfig:
         return cls(**{**d, "aspp_rates": tuple(d["aspp_rates"]), "class_names": tuple(d.get("class_names", ()))})
 
 
+class _Info:
+    """timm's ``feature_info`` interface, for one feature map."""
+
+    def __init__(self, channels: int, reduction: int):
+        self._channels, self._reduction = [channels], [reduction]
+
+    def channels(self) -> list[int]:
+        return self._channels
+
+    def reduction(self) -> list[int]:
+        return self._reduction
+
+
+class ClassifierFeatures(nn.Module):
+    """The SWTformer's Swin backbone as a feature extractor: x (B, 3, H, W) -> [T_out (B, D,
+    ceil(H/s), ceil(W/s))], the final-normed last-stage tokens the CAM head reads (s: the
+    backbone's last stride, 16 for ``swin_demo_p2``). The input is zero-padded to the backbone's
+    multiple (its windows tile the grid as in training) and the map cropped back to the image's cells."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        from . import swin
+
+        self.backbone = classifier.backbone
+        self.multiple = swin.pad_multiple(self.backbone)
+        self.stride = swin.stage_strides(self.backbone)[-1]
+        self.feature_info = _Info(self.backbone.num_features, self.stride)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from . import swin
+
+        h, w = x.shape[-2:]
+        m = self.multiple
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m))
+        swin.match_training_layout(self.backbone, x.shape[-2], x.shape[-1])
+        t_out, _ = self.backbone.forward_intermediates(x, norm=False)
+        t = t_out.permute(0, 3, 1, 2)
+        return [t[..., :-(-h // self.stride), :-(-w // self.stride)].contiguous()]
+
+
 class Segmenter(nn.Module):
     """x (B, 3, H, W), ImageNet-normalised -> logits (B, K, H, W), K = ``cfg.num_classes``."""
 
     def __init__(self, cfg: SegmenterConfig, backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone if backbone is not None else create_backbone(cfg, pretrained="none")
+        self.backbone = backbone if backbone is not None else create_backbone(cfg)
         in_ch = self.backbone.feature_info.channels()[-1]
         w = cfg.aspp_channels
         self.head = nn.Sequential(ASPP(in_ch, list(cfg.aspp_rates), w),
@@ -77,10 +123,21 @@ class Segmenter(nn.Module):
         return F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def create_backbone(cfg: SegmenterConfig, pretrained: str = "none") -> nn.Module:
+def create_backbone(cfg: SegmenterConfig, pretrained: str = "none", classifier_state: dict | None = None) -> nn.Module:
     """timm ``features_only`` backbone of ``cfg`` (one stage out), with ``pretrained``: ``none``,
     ``timm`` (its hub's ImageNet weights) or a local file of ImageNet classification weights
-    (safetensors, or a torch file loadable with ``weights_only=True``)."""
+    (safetensors, or a torch file loadable with ``weights_only=True``). ``backbone: classifier``:
+    the SWTformer of ``cfg.classifier``, its weights from ``classifier_state`` (its state dict;
+    None: left at init, for loading a trained segmenter's weights over it)."""
+    if cfg.backbone == "classifier":
+        from .swtformer import ModelConfig, build_model
+
+        if cfg.classifier is None:
+            raise BackboneError("segment.backbone: classifier needs the classifier's config (models/model.json)")
+        model = build_model(ModelConfig(**cfg.classifier))
+        if classifier_state is not None:
+            model.load_state_dict(classifier_state)
+        return ClassifierFeatures(model)
     if not timm.is_model(cfg.backbone):
         raise BackboneError(f"segment.backbone: unknown timm model '{cfg.backbone}'")
     kwargs = dict(features_only=True, out_indices=(cfg.feature_stage,))
@@ -143,8 +200,8 @@ def load_backbone_file(model: nn.Module, path: Path, name: str) -> dict:
     return {"loaded": len(own) - len(missing), "unused": sorted(k for k in state if k not in own)[:20]}
 
 
-def build_segmenter(cfg: SegmenterConfig, pretrained: str = "none") -> Segmenter:
-    return Segmenter(cfg, create_backbone(cfg, pretrained))
+def build_segmenter(cfg: SegmenterConfig, pretrained: str = "none", classifier_state: dict | None = None) -> Segmenter:
+    return Segmenter(cfg, create_backbone(cfg, pretrained, classifier_state))
 
 
 def load_segmenter(weights: Path, info: Path, device=None) -> Segmenter:
