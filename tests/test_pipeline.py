@@ -323,8 +323,14 @@ def test_experiment_views(tiny_v2: Path, tmp_path: Path):
     curves = {f"dvclive/train/plots/metrics/{c}.tsv" for c in
               ("epoch/loss", "epoch/val_map_per_image", "epoch/val_map_per_class", "train/lr",
                "train/loss_cls", "train/loss_gsc", "train/loss_ccl", "train/loss_total",
+               "epoch/loss_cls", "epoch/loss_gsc", "epoch/loss_ccl",
                *(f"{when}/health_{k}" for k in V2_KEYS for when in ("train", "epoch")))}
-    assert set(shown) == {"Seed mIoU vs background threshold", "Seed IoU per class (best threshold)"} | curves
+    # step 3: the segmenter's per-class bars and its curves (loss per step and epoch, val mIoU)
+    curves |= {f"dvclive/segment/plots/metrics/{c}.tsv" for c in
+               ("epoch/loss", "epoch/loss_ce", "epoch/health_labelled", "epoch/val_miou", "train/lr",
+                "train/loss_ce", "train/loss_total", "train/health_labelled")}
+    assert set(shown) == {"Seed mIoU vs background threshold", "Seed IoU per class (best threshold)",
+                          "Segmenter IoU per class (val, best setting)"} | curves, sorted(set(shown) ^ curves)
     # the V2 workspace: both sweeps drawn; per-class bars hold one bar per class
     sweep = shown["Seed mIoU vs background threshold"][0]["content"]["data"]["values"]
     assert {r["field"] for r in sweep} == {"cam", "rcam_fg"} and len(sweep) == 2 * 20
