@@ -23,9 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wsss import artifacts, io, runtime  # noqa: E402
-from wsss.cli import data_root  # noqa: E402
+from wsss.cli import data_source  # noqa: E402
 from wsss.config import load_params, thresholds  # noqa: E402
-from wsss.data import voc  # noqa: E402
 from wsss.metrics import SeedScorer  # noqa: E402
 from wsss.models import trained  # noqa: E402
 from wsss.refine.irn import IRNConfig, Walker  # noqa: E402
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--radius", type=int, nargs="+", default=[5])
     args = ap.parse_args(argv)
     p = load_params()
-    root, manifest = data_root(p), artifacts.load_manifest()
+    manifest, source = data_source(p)
     kind = io.read_json(artifacts.RELATION_INFO)["map"]
     device = runtime.device()
     net = trained.load_relation_net(p.refine.irn.dim, device)
@@ -46,9 +45,9 @@ def main(argv=None) -> int:
     split = p.data.seed_split
     data = []
     for image_id in manifest["splits"][split]:
-        image = voc.read_image(voc.image_path(root, image_id))
+        image = source.image(image_id)
         data.append((image, artifacts.load_cams(artifacts.cam_path(split, image_id), image.shape[:2]),
-                     voc.read_mask(voc.mask_path(root, image_id))))
+                     source.mask(image_id)))
     print(f"| beta | iterations | radius | mIoU ({'best bg threshold' if kind == 'cam' else 'argmax'}) |")
     print("|---|---|---|---|")
     for beta, iterations, radius in itertools.product(args.beta, args.iterations, args.radius):

@@ -17,10 +17,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsss import artifacts, runtime  # noqa: E402
-from wsss.cli import data_root  # noqa: E402
+from wsss import runtime  # noqa: E402
+from wsss.cli import data_source  # noqa: E402
 from wsss.config import load_params, thresholds  # noqa: E402
-from wsss.data import voc  # noqa: E402
 from wsss.inference import multiscale_maps, seeding  # noqa: E402
 from wsss.metrics import SeedScorer  # noqa: E402
 from wsss.models import trained  # noqa: E402
@@ -28,15 +27,15 @@ from wsss.models import trained  # noqa: E402
 
 def main() -> int:
     p = load_params()
-    root, manifest = data_root(p), artifacts.load_manifest()
+    manifest, source = data_source(p)
     device = runtime.device()
     model = trained.load_model(device)
     seeds = seeding(p.cams.seeds, model) if model.cfg.version == "v2" else None    # as the cams stage
     scorers = {mask: SeedScorer(manifest["classes"], thresholds(p)) for mask in (True, False)}
     pixels = {"padded share of the inputs": [0, 0]}
     for image_id in tqdm(manifest["splits"][p.data.seed_split], desc="padding", unit="img"):
-        image = voc.read_image(voc.image_path(root, image_id))
-        gt = voc.read_mask(voc.mask_path(root, image_id))
+        image = source.image(image_id)
+        gt = source.mask(image_id)
         keys = manifest["labels"][image_id]
         for mask, scorer in scorers.items():
             maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, mask_padding=mask,

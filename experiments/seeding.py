@@ -28,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from wsss import artifacts, runtime  # noqa: E402
-from wsss.cli import data_root  # noqa: E402
+from wsss import runtime  # noqa: E402
+from wsss.cli import data_source  # noqa: E402
 from wsss.config import load_params, thresholds  # noqa: E402
-from wsss.data import voc  # noqa: E402
 from wsss.inference import multiscale_maps  # noqa: E402
 from wsss.metrics import SeedScorer  # noqa: E402
 from wsss.models import trained  # noqa: E402
@@ -44,7 +43,7 @@ def score_workspace(workdir: Path, options: list[tuple[str, str, int, bool]]) ->
     os.chdir(workdir)
     try:
         p = load_params()
-        root, manifest = data_root(p), artifacts.load_manifest()
+        manifest, source = data_source(p)
         device = runtime.device()
         model = trained.load_model(device)
         if model.cfg.version != "v2":
@@ -55,10 +54,10 @@ def score_workspace(workdir: Path, options: list[tuple[str, str, int, bool]]) ->
             seeding = Seeding(features, affinity, model.cfg.bg_weight, k, every)
             scorer = SeedScorer(manifest["classes"], thresholds(p))
             for image_id in tqdm(ids, desc=f"{workdir.name} {features}/{affinity}/{k}/{every}", unit="img", leave=False):
-                image = voc.read_image(voc.image_path(root, image_id))
+                image = source.image(image_id)
                 keys = manifest["labels"][image_id]
                 maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, seeding=seeding)
-                scorer.update({"keys": keys, **maps}, voc.read_mask(voc.mask_path(root, image_id)))
+                scorer.update({"keys": keys, **maps}, source.mask(image_id))
             s = scorer.summary()
             rows.append({"workdir": str(workdir), "features": features, "affinity": affinity, "bg_prototypes": k,
                          "every_class": every, "rcam": 100 * s["rcam"]["miou"], "cam": 100 * s["cam"]["miou"],

@@ -7,9 +7,8 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from wsss import artifacts, distributed, io, runtime
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_source, run_stage
 from wsss.config import load_params
-from wsss.data import voc
 from wsss.inference import multiscale_maps, seeding
 from wsss.models import trained
 from wsss.viz import cam_panel, png_bytes
@@ -18,8 +17,7 @@ from wsss.viz import cam_panel, png_bytes
 def main() -> None:
     p = load_params()
     distributed.launch_stage(p.cams.nproc, "cams.nproc", "stages.cams", runtime.device())   # > 1: torchrun takes over
-    manifest = artifacts.load_manifest()
-    root = data_root(p)
+    manifest, source = data_source(p)
     device = distributed.setup(runtime.device())
     rank, world = distributed.rank_and_world()
     model = trained.load_model(device)
@@ -37,14 +35,14 @@ def main() -> None:
     ids = distributed.shard(list(where))
     desc = f"cams {' + '.join(p.cams.splits)}" + (f" (process 1 of {world})" if world > 1 else "")
     for image_id in tqdm(ids, desc=desc, unit="img", disable=rank > 0):
-        image = voc.read_image(voc.image_path(root, image_id))
+        image = source.image(image_id)
         keys = manifest["labels"][image_id]
         maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, amp=p.train.amp,
                                seeding=seeds)
         for split in where[image_id]:
             artifacts.save_cams(artifacts.cam_path(split, image_id), keys, maps)
         if p.data.seed_split in where[image_id] and image_id in previews:
-            gt = voc.read_mask(voc.mask_path(root, image_id))
+            gt = source.mask(image_id) if source.has_mask(image_id) else None
             panel = cam_panel(image, maps, keys, classes, gt)
             io.write_bytes(artifacts.PREVIEWS / f"{image_id}.png", png_bytes(panel))
     distributed.cleanup()

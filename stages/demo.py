@@ -1,4 +1,6 @@
-"""Stage `demo`: generate the embedded demo set (VOC layout) into data/demo when data.root names it.
+"""Stage `demo`: generate the embedded demo set into data/demo when data.root names it, in the
+layout data.format names: voc (as generated), coco (the same images, objects as COCO polygons / RLE,
+wsss.data.forms) or labels (the same images and a labels.csv, no masks).
 
 When data.root names another data set, the stage writes only a note there: the demo costs nothing
 and nothing downstream depends on it (`prepare` depends on ``${data.root}`` itself).
@@ -12,6 +14,7 @@ from wsss import artifacts
 from wsss.cli import data_root, run_stage
 from wsss.config import load_params
 from wsss.data.demo import demo_style, generate_demo
+from wsss.data.forms import write_coco, write_labels
 
 
 def main() -> None:
@@ -28,15 +31,24 @@ def main() -> None:
         else:
             d = p.data.demo
             style = demo_style(d.variant, d.extent, d.background, d.texture)
-            summary = generate_demo(tmp, seed=d.seed, n_train_aug=d.num_train_aug, n_train=d.num_train,
+            made = tmp if p.data.format == "voc" else out.with_name(f".{out.name}.voc.tmp")
+            shutil.rmtree(made, ignore_errors=True)
+            summary = generate_demo(made, seed=d.seed, n_train_aug=d.num_train_aug, n_train=d.num_train,
                                     n_val=d.num_val, min_size=d.min_size, max_size=d.max_size,
                                     max_objects=d.max_objects, style=style, progress=True,
                                     workers=os.cpu_count() or 1)
-            what = (f"{summary['num_images']} images in {out} (variant {d.variant}: objects "
+            if p.data.format == "coco":
+                write_coco(made, tmp, annotated=["train_aug", "val"], listed=["train"])
+            elif p.data.format == "labels":
+                write_labels(made, tmp, rows=["train_aug", "val"], listed=["train"])
+            if made != tmp:
+                shutil.rmtree(made)
+            what = (f"{summary['num_images']} images in {out}, {p.data.format} layout (variant {d.variant}: objects "
                     f"{style.extent[0]:g}-{style.extent[1]:g} of the short side, {style.background} "
                     f"background, {style.texture} textures)")
     except BaseException:   # also a stop (Ctrl-C, SIGTERM): no half-written set is left behind
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out.with_name(f".{out.name}.voc.tmp"), ignore_errors=True)
         raise
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -10,6 +10,7 @@ mask re-scores (or re-trains the segmenter on it) without retraining the classif
 from __future__ import annotations
 
 import os
+import shutil
 
 from wsss import artifacts, io
 from wsss.cli import data_root, run_stage
@@ -24,14 +25,25 @@ def main() -> None:
     # masks: the seeds' scored split and the segmenter's validation split; with segment.labels gt,
     # the training split's too (the upper bound trains on them)
     scored = [p.data.seed_split, p.data.val_split] + ([p.data.train_split] if p.segment.labels == "gt" else [])
+    # COCO's masks are rasterised here, once, and read back by every later stage
+    shutil.rmtree(artifacts.PREPARED_MASKS, ignore_errors=True)
+    artifacts.PREPARED_MASKS.mkdir(parents=True)
+    io.write_text(artifacts.PREPARED_MASKS / "README.txt", "data.format coco: the scored splits' masks, rasterised "
+                  "by prepare from the annotations (wsss/data/coco.py states the rules); empty otherwise.\n")
     manifest = build_manifest(root, splits, scored=scored, train=p.data.train_split,
-                              held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1)
+                              held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1,
+                              fmt=p.data.format, labels_file=p.data.labels_file, mask_dir=artifacts.PREPARED_MASKS)
     masks = manifest.pop("masks")
     io.write_json(artifacts.MASKS, {"split": p.data.seed_split, **masks[p.data.seed_split]})
     io.write_json(artifacts.SEGMENT_MASKS, {s: masks[s] for s in dict.fromkeys(scored[1:])})
     io.write_json(artifacts.MANIFEST, manifest)
-    counts = manifest["counts"]["images"]
-    print(f"prepare: {len(manifest['classes'])} classes; " + ", ".join(f"{s}: {n}" for s, n in counts.items()))
+    counts = manifest["counts"]
+    for name, n in counts.get("left_out", {}).items():
+        print(f"prepare: {n} images of {name} have no annotation and are left out (no image-level label)")
+    masks = "".join(f"; {s}: masks for {n} of {counts['images'][s]} images" for s, n in counts["masks"].items()
+                    if n < counts["images"][s])
+    print(f"prepare: {manifest['format']}, {len(manifest['classes'])} classes; "
+          + ", ".join(f"{s}: {n}" for s, n in counts["images"].items()) + masks)
 
 
 if __name__ == "__main__":

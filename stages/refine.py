@@ -6,9 +6,8 @@ import shutil
 import time
 
 from wsss import artifacts, io, runtime
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_source, run_stage
 from wsss.config import load_params
-from wsss.data import voc
 from wsss.models import trained
 from wsss.refine.crf import CRFConfig
 from wsss.refine.irn import IRNConfig, Walker
@@ -17,13 +16,12 @@ from wsss.refine.run import RefineConfig, label_images, refine_split
 
 def main() -> None:
     p = load_params()
-    manifest = artifacts.load_manifest()
-    root = data_root(p)
+    manifest, source = data_source(p)
     r = p.refine
     kind = artifacts.seed_kind(r.map)
     splits = [s for s in dict.fromkeys([p.data.seed_split, p.data.train_split]) if s in p.cams.splits]
     shutil.rmtree(artifacts.PSEUDO, ignore_errors=True)
-    tasks = [(voc.image_path(root, i), artifacts.cam_path(split, i), artifacts.pseudo_path(split, i))
+    tasks = [(source.image_path(i), artifacts.cam_path(split, i), artifacts.pseudo_path(split, i))
              for split in splits for i in manifest["splits"][split]]
     split = " + ".join(splits)
     desc = f"refine {split} ({r.method}, {kind})"

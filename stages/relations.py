@@ -13,9 +13,9 @@ import numpy as np
 from dvclive import Live
 
 from wsss import artifacts, io, runtime
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_source, run_stage
 from wsss.config import load_params
-from wsss.data import voc
+from wsss.data import files
 from wsss.models import trained
 from wsss.models.relations import RelationNet
 from wsss.refine.crf import CRFConfig
@@ -30,8 +30,7 @@ def main() -> None:
         io.write_json(artifacts.RELATION_INFO, {"trained": False, "reason": f"refine.method is {p.refine.method}"})
         print(f"relations: nothing to train (refine.method is {p.refine.method})")
         return
-    manifest = artifacts.load_manifest()
-    root = data_root(p)
+    manifest, source = data_source(p)
     irn = p.refine.irn
     kind = artifacts.seed_kind(p.refine.map)
     runtime.seed_everything(p.seed)
@@ -43,18 +42,19 @@ def main() -> None:
                            rcam_bg_scale=irn.rcam_bg_scale, clean=irn.clean,
                            gt_prob=irn.clean_crf.gt_prob, crf=CRFConfig.from_params(irn.clean_crf))
     start = time.perf_counter()
-    label_images([(voc.image_path(root, i), artifacts.cam_path(split, i), o) for i, o in zip(ids, label_paths)],
+    image_paths = [source.image_path(i) for i in ids]
+    label_images([(image_path, artifacts.cam_path(split, i), o) for image_path, i, o in zip(image_paths, ids, label_paths)],
                  partial(confident_label, cfg=conf), p.refine.workers, desc=f"confident labels {split} ({kind})")
     label_seconds = time.perf_counter() - start
     counts = np.zeros(3)
     for path in label_paths:
-        lab = voc.read_mask(path)
+        lab = files.read_mask(path)
         counts += [(lab == 0).sum(), ((lab > 0) & (lab < 255)).sum(), (lab == 255).sum()]
     cfg = IRNConfig.from_params(irn, p.seed, p.train.amp)
     net = RelationNet(trained.load_model(device), cfg.dim)
     start = time.perf_counter()
     with Live(dir=str(artifacts.RELATIONS / "live"), dvcyaml=None, save_dvc_exp=False) as live:
-        summary = train_relations(net, LabelCrops(root, ids, label_paths, cfg), cfg, device, live)
+        summary = train_relations(net, LabelCrops(image_paths, ids, label_paths, cfg), cfg, device, live)
     train_seconds = time.perf_counter() - start
     io.save_weights(artifacts.RELATION_WEIGHTS, net.head.state_dict(), metadata={"kind": kind})
     fractions = dict(zip(["background", "foreground", "unsure"], (counts / counts.sum()).round(4).tolist()))

@@ -7,9 +7,9 @@ import hashlib
 
 from wsss import artifacts, distributed, io, runtime
 from wsss.checkpoint import Checkpointer, session
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_source, run_stage
 from wsss.config import load_params, shaping, to_dict
-from wsss.data import voc
+from wsss.errors import DataError
 from wsss.data.datasets import LabelledCrops
 from wsss.models.segmenter import SegmenterConfig, build_segmenter
 from wsss.segmentation import SegmentTask
@@ -29,19 +29,19 @@ def main() -> None:
     p = load_params()
     distributed.launch_stage(p.segment.nproc, "segment.nproc", "stages.segment", runtime.device())
     s = p.segment
-    manifest = artifacts.load_manifest()
-    root = data_root(p)
+    manifest, source = data_source(p)
     classes = manifest["classes"]
     split = p.data.train_split
     ids = manifest["splits"][split]
     if s.labels == "pseudo":
         label_paths = [artifacts.pseudo_path(split, i) for i in ids]
     else:
-        label_paths = [voc.mask_path(root, i) for i in ids]
+        label_paths = [source.mask_path(i) if source.has_mask(i) else source.mask_root / f"(no mask: {i})"
+                       for i in ids]
     missing = [path for path in label_paths if not path.exists()]
     if missing:
         what = "refine's pseudo labels" if s.labels == "pseudo" else "ground-truth masks"
-        raise voc.DataError(f"{missing[0]}: {len(missing)} of the {len(ids)} images of '{split}' have no "
+        raise DataError(f"{missing[0]}: {len(missing)} of the {len(ids)} images of '{split}' have no "
                             f"{what} (segment.labels: {s.labels})")
     runtime.seed_everything(p.seed)
     device = distributed.setup(runtime.device())
@@ -50,13 +50,13 @@ def main() -> None:
     # backbone classifier: the SWTformer's trained weights (image-level labels only) are its start
     state = io.load_weights(artifacts.WEIGHTS) if s.backbone == "classifier" else None
     model = build_segmenter(cfg, s.pretrained, state)
-    val = [(voc.image_path(root, i), voc.mask_path(root, i)) for i in manifest["splits"][p.data.val_split]]
-    task = SegmentTask(model, s.head_lr_mult, cfg.num_classes, val if s.validate else None, p.train.amp)
+    val = [(source.image_path(i), source.mask_path(i)) for i in source.masked(manifest["splits"][p.data.val_split])]
+    task = SegmentTask(model, s.head_lr_mult, cfg.num_classes, val if s.validate and val else None, p.train.amp)
     loop = LoopConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                       optimizer=s.optimizer, momentum=s.momentum, schedule=s.schedule,
                       warmup_epochs=s.warmup_epochs, num_workers=s.num_workers, amp=p.train.amp, seed=p.seed,
                       checkpoint_every=s.checkpoint_every, name="segment")
-    crops = LabelledCrops(root, ids, label_paths, s.crop_size, s.resize_long, p.seed)
+    crops = LabelledCrops([source.image_path(i) for i in ids], ids, label_paths, s.crop_size, s.resize_long, p.seed)
     start = "the classifier's weights" if s.backbone == "classifier" else f"pretrained={s.pretrained}"
     print(f"segment: {cfg.backbone} (output stride {model.backbone.feature_info.reduction()[-1]}, {start}) on {device}, "
           f"{len(ids)} images of '{split}' with {s.labels} labels, {s.epochs} epochs")

@@ -4,9 +4,8 @@ accuracy and per-class IoU / precision / recall to metrics/, per-class bars to p
 from __future__ import annotations
 
 from wsss import artifacts, io, runtime
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_source, run_stage
 from wsss.config import load_params
-from wsss.data import voc
 from wsss.models.segmenter import load_segmenter
 from wsss.refine.crf import CRFConfig
 from wsss.segmentation import score_split
@@ -15,13 +14,22 @@ from wsss.segmentation import score_split
 def main() -> None:
     p = load_params()
     e = p.segment.eval
-    manifest = artifacts.load_manifest()
-    root = data_root(p)
+    manifest, source = data_source(p)
     device = runtime.device()
     model = load_segmenter(artifacts.SEGMENTER_WEIGHTS, artifacts.SEGMENTER_INFO, device)
     info = io.read_json(artifacts.SEGMENTER_INFO)
     split = p.data.val_split
-    items = [(voc.image_path(root, i), voc.mask_path(root, i)) for i in manifest["splits"][split]]
+    ids = manifest["splits"][split]
+    items = [(source.image_path(i), source.mask_path(i)) for i in source.masked(ids)]
+    if not items:   # data.format labels without masks: a segmenter, but nothing to score it on
+        why = (f"the segmenter's mIoU needs masks: none of the {len(ids)} images of '{split}' has one "
+               f"(data.format {manifest.get('format', 'voc')})")
+        io.write_json(artifacts.METRICS / "segment.json", {"labels": info["labels"], "split": split, "images": 0,
+                                                           "note": why})
+        io.write_json(artifacts.METRICS / "segment_per_class.json", {})
+        io.write_text(artifacts.PLOTS / "segment_per_class.csv", "class,iou,precision,recall\n")
+        print(f"segment_eval: {why}")
+        return
     settings = {"single_scale": {"scales": [1.0], "flip": False},
                 "msc": {"scales": list(e.scales), "flip": e.flip}}
     if e.crf:

@@ -6,7 +6,7 @@ import numpy as np
 from wsss import artifacts, distributed, io, runtime
 from wsss.checkpoint import Checkpointer, session
 from wsss.classifier import TrainConfig, fit, predict_scores
-from wsss.cli import data_root, run_stage
+from wsss.cli import data_source, run_stage
 from wsss.config import load_params, shaping, to_dict
 from wsss.data.datasets import TrainCrops, WholeImages
 from wsss.losses import LossWeights
@@ -17,8 +17,7 @@ from wsss.models.swin import load_pretrained
 def main() -> None:
     p = load_params()
     distributed.launch_stage(p.train.nproc, "train.nproc", "stages.train", runtime.device())   # > 1: torchrun takes over
-    manifest = artifacts.load_manifest()
-    root = data_root(p)
+    manifest, source = data_source(p)
     classes, labels = manifest["classes"], manifest["labels"]
     t = p.train
     runtime.seed_everything(p.seed)
@@ -33,10 +32,10 @@ def main() -> None:
     model = build_model(cfg)
     weights_info = load_pretrained(model.backbone, p.model.backbone, p.model.pretrained,
                                    partial=p.model.pretrained_partial)
-    train_set = TrainCrops(root, manifest["splits"][p.data.train_split], labels, len(classes), t.crop_size,
+    train_ids, val_ids = manifest["splits"][p.data.train_split], manifest["splits"][p.data.cls_split]
+    train_set = TrainCrops([source.image_path(i) for i in train_ids], train_ids, labels, len(classes), t.crop_size,
                            t.resize_long, t.hflip, t.color_jitter, p.seed)
-    val_ids = manifest["splits"][p.data.cls_split]
-    val_set = WholeImages(root, val_ids, labels, len(classes), t.cls_size)
+    val_set = WholeImages([source.image_path(i) for i in val_ids], val_ids, labels, len(classes), t.cls_size)
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_mult=t.head_lr_mult,
                      weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, min_lr_ratio=t.min_lr_ratio,
                      num_workers=t.num_workers, amp=t.amp, seed=p.seed, checkpoint_every=t.checkpoint_every,

@@ -48,7 +48,7 @@ def _train(demo_set, version: str, grad_to: str, epochs: int):
                                     hff_dims=m["hff_dims"], hff_detach=m["hff_detach"], affinity=m["affinity"],
                                     bg_weight=m["bg_weight"], seed_features=m["seed_features"],
                                     every_class=m["every_class"]))
-    crops = TrainCrops(root, ids, labels, 6, CROP, [48, 96], True, 0.0, 0)
+    crops = TrainCrops([root / "JPEGImages" / f"{i}.jpg" for i in ids], ids, labels, 6, CROP, [48, 96], True, 0.0, 0)
     loss = DEFAULTS["loss"]
     cfg = TrainConfig(epochs=epochs, batch_size=16, lr=DEFAULTS["train"]["lr"], head_lr_mult=4.0,
                       weight_decay=0.05, warmup_epochs=1, min_lr_ratio=0.01, num_workers=0, amp=False, seed=0,

@@ -250,7 +250,7 @@ def test_default_thresholds():
 
 def test_thresholds_custom(tmp_path, raw):
     tree = copy.deepcopy(raw)
-    tree["evaluate"] = {"threshold_start": 0.2, "threshold_stop": 0.4, "num_thresholds": 5}
+    tree["evaluate"] = {"workers": 0, "threshold_start": 0.2, "threshold_stop": 0.4, "num_thresholds": 5}
     assert thresholds(load_params(write_params(tmp_path, tree))) == [0.2, 0.25, 0.3, 0.35, 0.4]
-    tree["evaluate"] = {"threshold_start": 0.3, "threshold_stop": 0.9, "num_thresholds": 1}
+    tree["evaluate"] = {"workers": 0, "threshold_start": 0.3, "threshold_stop": 0.9, "num_thresholds": 1}
     assert thresholds(load_params(write_params(tmp_path, tree))) == [0.3]

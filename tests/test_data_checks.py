@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.data import voc
+from wsss.data import files, voc
 from wsss.data.demo import DEMO_CLASSES, generate_demo
 from wsss.data.manifest import build_manifest
 from wsss.data.voc import DataError
@@ -75,7 +75,7 @@ def test_demo_data_passes_without_warnings(demo_root, capsys):
     assert warnings(capsys) == []
     index = {n: k for k, n in enumerate(DEMO_CLASSES, start=1)}
     for image_id in scored_ids(demo_root):
-        record = voc.check_image(demo_root, image_id, index, with_mask=True)
+        record = voc.check_image(demo_root, image_id, None, index, with_mask=True)
         assert record["notes"] == {}
         assert record["mask_classes"] and set(record["mask_classes"]) <= set(record["labels"])
 
@@ -86,7 +86,7 @@ def test_rgb_mask_fixed_with_quantize_refused(root):
     # the user's masks were RGB (VOC colours); read_mask refuses those, so they "fixed" them with
     # PIL's quantize(), which numbers the colours anew: ids no longer mean classes
     for image_id in scored_ids(root):
-        rgb = voc.voc_palette()[voc.read_mask(png(root, image_id))]
+        rgb = files.voc_palette()[files.read_mask(png(root, image_id))]
         png(root, image_id).write_bytes(encode(rgb, "PNG"))
     with pytest.raises(DataError, match="mode RGB"):
         manifest(root)
@@ -127,10 +127,10 @@ def binary(mask: np.ndarray) -> np.ndarray:
 
 def test_binary_mask_with_large_objects_refused(root):
     path = png(root, "demo_000007")   # train_aug only: scored when train_aug is
-    mask = voc.read_mask(path)
+    mask = files.read_mask(path)
     share = float((binary(mask) == 255).mean())
     assert share > 0.25
-    path.write_bytes(voc.palette_png(binary(mask)))
+    path.write_bytes(files.palette_png(binary(mask)))
     manifest(root)   # not scored here: not read
     with pytest.raises(DataError) as info:
         build_manifest(root, SPLITS, ["train_aug"], progress=False)
@@ -144,9 +144,9 @@ def test_binary_mask_with_large_objects_refused(root):
 def test_all_binary_masks_refused_even_with_small_objects(root):
     ids = voc.read_split(root, "train", DEMO_CLASSES)
     for image_id in ids:
-        mask = binary(voc.read_mask(png(root, image_id)))
+        mask = binary(files.read_mask(png(root, image_id)))
         assert (mask == 255).mean() <= 0.25   # each one alone passes the per-mask rule
-        png(root, image_id).write_bytes(voc.palette_png(mask))
+        png(root, image_id).write_bytes(files.palette_png(mask))
     with pytest.raises(DataError) as info:
         build_manifest(root, SPLITS, ["train"], progress=False)
     msg = str(info.value)
@@ -159,12 +159,12 @@ def test_voc_like_masks_stay_accepted(root):
     # one image whose objects are all painted 255 (VOC does so for some objects), with less
     # than a quarter of the pixels: allowed; a labelled class without pixels is allowed too
     path = png(root, "demo_000001")
-    mask = voc.read_mask(path)
+    mask = files.read_mask(path)
     assert 0 < (binary(mask) == 255).mean() < 0.25
-    path.write_bytes(voc.palette_png(np.where(binary(mask) == 255, 255, mask).astype(np.uint8)))
+    path.write_bytes(files.palette_png(np.where(binary(mask) == 255, 255, mask).astype(np.uint8)))
     path = png(root, "demo_000002")   # labels disc (1) and star (5): drop the disc from the mask
-    mask = voc.read_mask(path)
-    path.write_bytes(voc.palette_png(np.where(mask == 1, 0, mask).astype(np.uint8)))
+    mask = files.read_mask(path)
+    path.write_bytes(files.palette_png(np.where(mask == 1, 0, mask).astype(np.uint8)))
     manifest(root)
 
 
@@ -206,7 +206,7 @@ def exif(orientation: int) -> Image.Exif:
 def test_exif_rotated_images_read_in_stored_order(root, capsys):
     # non-square: the stored 104x128 pixels with "rotate 90 degrees" in the EXIF tag
     path = jpg(root, "demo_000001")
-    stored = voc.read_image(path)
+    stored = files.read_image(path)
     assert stored.shape == (128, 104, 3)
     path.write_bytes(encode(stored, "JPEG", quality=95, exif=exif(6)))
     # square: a red square top left, drawn where the mask says square (2) is
@@ -215,28 +215,28 @@ def test_exif_rotated_images_read_in_stored_order(root, capsys):
     jpg(root, "demo_000000").write_bytes(encode(square, "JPEG", quality=95, exif=exif(6)))
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:32, :32] = 2
-    png(root, "demo_000000").write_bytes(voc.palette_png(mask))
+    png(root, "demo_000000").write_bytes(files.palette_png(mask))
 
     m = manifest(root)
     assert m["sizes"]["demo_000001"] == [128, 104] and m["sizes"]["demo_000000"] == [64, 64]
     assert warnings(capsys) == [
         f"prepare: warning: 2 images carry {ROTATED} (e.g. JPEGImages/demo_000000.jpg: 6); "
         "images are read in stored pixel order, as their masks were drawn"]
-    got = voc.read_image(jpg(root, "demo_000000"))
+    got = files.read_image(jpg(root, "demo_000000"))
     assert got[:32, :32, 0].mean() > 180 and got[:32, 32:, 0].mean() < 80   # not turned
-    again = voc.read_image(path)
+    again = files.read_image(path)
     assert again.shape == stored.shape
     assert np.abs(again.astype(int) - stored).mean() < 4
-    assert voc.image_size(path) == (128, 104)
+    assert files.image_size(path) == (128, 104)
 
 
 # ------------------------------------------------------------------------------- readable oddities
 
 def test_bytes_after_the_end_marker_read(root, capsys):
     path = jpg(root, "demo_000003")
-    pixels = voc.read_image(path)
+    pixels = files.read_image(path)
     path.write_bytes(path.read_bytes() + b"\x00\x00camera junk\xff\xd9" * 4)
-    np.testing.assert_array_equal(voc.read_image(path), pixels)
+    np.testing.assert_array_equal(files.read_image(path), pixels)
     manifest(root)
     assert warnings(capsys) == [
         "prepare: warning: 1 image carries bytes after the end of the image data "
@@ -247,9 +247,9 @@ def test_bytes_after_the_end_marker_read(root, capsys):
 def test_other_format_named_jpg_read(root, capsys, fmt, kw):
     for image_id in ("demo_000002", "demo_000009"):
         path = jpg(root, image_id)
-        pixels = voc.read_image(path)
+        pixels = files.read_image(path)
         path.write_bytes(encode(pixels, fmt.upper(), **kw))
-        np.testing.assert_array_equal(voc.read_image(path), pixels)   # both lossless
+        np.testing.assert_array_equal(files.read_image(path), pixels)   # both lossless
     manifest(root)
     assert warnings(capsys) == [
         f"prepare: warning: 2 image files hold {fmt} data under a .jpg name (e.g. JPEGImages/demo_000002.jpg); "
@@ -263,9 +263,9 @@ def test_warnings_leave_the_manifest_alone(tmp_path, capsys):
     assert warnings(capsys) == []
     for image_id in ("demo_000003", "demo_000064"):
         path = jpg(root, image_id)
-        path.write_bytes(encode(voc.read_image(path), "PNG"))
+        path.write_bytes(encode(files.read_image(path), "PNG"))
     path = jpg(root, "demo_000010")
-    path.write_bytes(encode(voc.read_image(path), "JPEG", exif=exif(8)) + b"tail")
+    path.write_bytes(encode(files.read_image(path), "JPEG", exif=exif(8)) + b"tail")
     one = build_manifest(root, SPLITS, SCORED, workers=1, progress=False)
     first = warnings(capsys)
     two = build_manifest(root, SPLITS, SCORED, workers=2, progress=False)   # 66 ids: a process pool
@@ -291,7 +291,7 @@ def jpeg_with_thumbnail(rgb: np.ndarray) -> bytes:
 
 def test_truncated_jpeg_refused_despite_thumbnail_end_marker(root):
     path = jpg(root, "demo_000002")
-    data = jpeg_with_thumbnail(voc.read_image(path))
+    data = jpeg_with_thumbnail(files.read_image(path))
     path.write_bytes(data)
     manifest(root)   # whole: fine
     cut = data[: int(len(data) * 0.8)]
@@ -304,10 +304,10 @@ def test_truncated_jpeg_refused_despite_thumbnail_end_marker(root):
 
 def test_truncated_png_named_jpg_refused(root):
     path = jpg(root, "demo_000001")
-    data = encode(voc.read_image(path), "PNG")
+    data = encode(files.read_image(path), "PNG")
     path.write_bytes(data[:-40])
     with pytest.raises(DataError) as info:
-        voc.read_image(path)
+        files.read_image(path)
     assert str(info.value) == f"{path}: truncated PNG: the data ends before the IEND chunk"
 
 
@@ -315,11 +315,11 @@ def test_undecodable_jpeg_refused(tmp_path):
     path = tmp_path / "x.jpg"
     path.write_bytes(b"\xff\xd8\xff\xd9")   # structurally whole, but no image in it
     with pytest.raises(DataError) as info:
-        voc.read_image(path)
+        files.read_image(path)
     assert str(info.value) == f"{path}: not a readable image (JPEG data that does not decode)"
     path.write_bytes(b"not an image at all")
     with pytest.raises(DataError) as info:
-        voc.read_image(path)
+        files.read_image(path)
     assert str(info.value) == f"{path}: not a readable image (neither JPEG, PNG nor WebP data)"
 
 

@@ -227,7 +227,7 @@ def test_voc_reader_reads_it(tiny):
     index = {n: k for k, n in enumerate(classes, start=1)}
     for split in ("train_aug", "train", "val"):
         for image_id in voc.read_split(root, split, classes):
-            record = voc.check_image(root, image_id, index, with_mask=True)
+            record = voc.check_image(root, image_id, None, index, with_mask=True)
             assert record["labels"]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.data import voc
+from wsss.data import files
 from wsss.models import ModelConfig, build_model
 from wsss.models.relations import RelationNet
 from wsss.refine import affinity
@@ -245,7 +245,7 @@ def _write_images(root, n=4, size=(70, 90)):
         lab[:, cut - 4:cut + 4] = 255
         image_id = f"im{i}"
         cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
-        (root / "labels" / f"{image_id}.png").write_bytes(voc.palette_png(lab))
+        (root / "labels" / f"{image_id}.png").write_bytes(files.palette_png(lab))
         ids.append(image_id)
         paths.append(root / "labels" / f"{image_id}.png")
     return ids, paths
@@ -254,7 +254,7 @@ def _write_images(root, n=4, size=(70, 90)):
 def test_label_crops_keep_image_and_labels_aligned(tmp_path):
     ids, paths = _write_images(tmp_path)
     cfg = IRNConfig(crop_size=64, resize_long=(60, 120), seed=3)
-    ds = LabelCrops(tmp_path, ids, paths, cfg)
+    ds = LabelCrops([tmp_path / "JPEGImages" / f"{i}.jpg" for i in ids], ids, paths, cfg)
     for epoch in range(3):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
@@ -295,7 +295,7 @@ def test_train_relations_moves_only_the_head(tmp_path):
     net = RelationNet(_tiny_classifier(), dim=8)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     cfg = IRNConfig(epochs=2, batch_size=2, crop_size=64, resize_long=(60, 100), dim=8, train_radius=3)
-    summary = train_relations(net, LabelCrops(tmp_path, ids, paths, cfg), cfg, torch.device("cpu"))
+    summary = train_relations(net, LabelCrops([tmp_path / "JPEGImages" / f"{i}.jpg" for i in ids], ids, paths, cfg), cfg, torch.device("cpu"))
     assert summary["epoch"] == 2 and math.isfinite(summary["loss_total"])
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("classifier."))

@@ -8,6 +8,7 @@ import pytest
 
 from wsss.metrics import (
     IGNORE,
+    SeedScorer,
     ThresholdSweep,
     argmax_labels,
     average_precision,
@@ -296,3 +297,39 @@ def test_mean_ap_perfect_ranking():
     r = mean_ap(s, labels)
     assert r["map_per_image"] == 1.0
     assert r["map_per_class"] == 1.0
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_scoring_in_parallel_chunks_equals_one_pass():
+    """evaluate scores a split in chunks, in processes: merged counts equal one scorer's, exactly."""
+    from wsss.runtime import bounded_map
+
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(7):
+        gt = rng.integers(0, 4, size=(9, 11)).astype(np.uint8)
+        gt[0, :3] = 255
+        keys = np.array(sorted(rng.choice([1, 2, 3], size=2, replace=False)))
+        images.append(({"keys": keys, "cam": rng.random((2, 9, 11)).astype(np.float32),
+                        "rcam": rng.random((3, 9, 11)).astype(np.float32)}, gt))
+    names, ts = ["a", "b", "c"], [0.1, 0.3, 0.5, 0.7]
+    whole = SeedScorer(names, ts)
+    for maps, gt in images:
+        whole.update(maps, gt)
+    parts = SeedScorer(names, ts)
+    for chunk in (images[:3], images[3:4], images[4:]):
+        part = SeedScorer(names, ts)
+        for maps, gt in chunk:
+            part.update(maps, gt)
+        parts.merge(part)
+    a, b = whole.summary(), parts.summary()
+    assert a.keys() == b.keys() == {"cam", "rcam_fg", "rcam"}
+    for kind in a:
+        assert a[kind]["miou"] == b[kind]["miou"] and a[kind]["per_class"] == b[kind]["per_class"]
+    with pytest.raises(ValueError):
+        parts.merge(SeedScorer(names, [0.2]))
+    assert sorted(bounded_map(_square, range(20), workers=2)) == [x * x for x in range(20)]
+    assert list(bounded_map(_square, range(5), workers=1)) == [0, 1, 4, 9, 16]

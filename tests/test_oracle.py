@@ -28,7 +28,7 @@ import yaml
 
 from e2e import run
 from wsss import artifacts, io
-from wsss.data import voc
+from wsss.data import files, voc
 
 IGNORE = 255
 
@@ -57,7 +57,7 @@ class Split:
         self.ids = list(self.manifest["splits"][self.name])
         self.cls_ids = list(self.manifest["splits"][params["data"]["cls_split"]])
         root = _data_root(repo)
-        self.gt = {i: voc.read_mask(voc.mask_path(root, i)) for i in self.ids}
+        self.gt = {i: files.read_mask(voc.mask_path(root, i)) for i in self.ids}
         self.keys = {i: [int(k) for k in self.manifest["labels"][i]] for i in self.ids}
 
     def other(self, image_id: str) -> np.ndarray:
@@ -92,7 +92,7 @@ def _write_seeds(s: Split, maps: dict[str, dict[str, np.ndarray]]) -> None:
 
 def _write_pseudo(s: Split, labels: dict[str, np.ndarray]) -> None:
     for i in s.ids:
-        io.write_bytes(s.repo / artifacts.pseudo_path(s.name, i), voc.palette_png(labels[i]))
+        io.write_bytes(s.repo / artifacts.pseudo_path(s.name, i), files.palette_png(labels[i]))
 
 
 def _true_labels(s: Split, ids: list[str]) -> np.ndarray:

@@ -179,9 +179,13 @@ def test_external_root_relative_and_absolute(tiny_repo: Path, tmp_path: Path):
     stale = {ln[:-1] for ln in status.splitlines() if ln and not ln[0].isspace() and ln.endswith(":")}
     assert stale == {"cams", "evaluate"}, status
     assert "modified:           data/prepared/masks.json" in status, status
-    # an image's label: training data changed, so train and everything after it are stale
+    # an annotation edited without changing the labels: the manifest (content, not bytes) is the same
     xml = data / "Annotations" / mask.with_suffix(".xml").name
     xml.write_text(xml.read_text().replace("</annotation>", "<!-- edited --></annotation>"))
+    run(["dvc", "repro", "prepare"], tiny_repo)
+    assert "train:" not in run(["dvc", "status"], tiny_repo).stdout
+    # an image's label: training data changed, so train and everything after it are stale
+    xml.write_text(xml.read_text().replace("</annotation>", "<object><name>cross</name></object></annotation>"))
     run(["dvc", "repro", "prepare"], tiny_repo)
     assert "train:" in run(["dvc", "status"], tiny_repo).stdout
     # --temp (as --queue): an absolute root resolves in DVC's temporary copy; a data change is seen
@@ -355,6 +359,62 @@ def test_ground_truth_upper_bound_retrains_only_the_segmenter(tiny_repo: Path):
     assert gt["labels"] == "gt" and pseudo["labels"] == "pseudo"
     assert json.loads((tiny_repo / "segmenter/model.json").read_text())["labels"] == "gt"
     assert 0 < gt["msc"]["miou"] <= 1
+
+
+def _set_params(repo: Path, overrides: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _numbers(obj, prefix=""):
+    """Every number of a metrics file, by its dotted key."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _numbers(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj} if isinstance(obj, (int, float)) and not isinstance(obj, bool) else {}
+
+
+@pytest.mark.slow
+def test_demo_in_coco_form_gives_the_same_scores(tiny_baseline: Path, tmp_path: Path):
+    """`data.format: coco`: the demo written as COCO (same images; objects as polygons traced along
+    pixel edges, rings as RLE, the ignore band as crowd regions), read by the COCO reader with
+    pycocotools, masks rasterised by prepare. Same data, two readers: the rasterised masks equal
+    the VOC masks (their fingerprints are equal), so every score of the pipeline must be equal:
+    the bound on what rasterisation may change is 0 here, and it holds to the last digit."""
+    repo = fork(tiny_baseline, tmp_path / "repo")
+    _set_params(repo, {"data.format": "coco"})
+    run(["dvc", "repro"], repo)
+    assert (repo / "data/demo/annotations/instances_train_aug.json").exists()
+    assert not (repo / "data/demo/JPEGImages").exists()
+    masks = sorted((repo / "data/prepared/masks").glob("*.png"))
+    assert len(masks) == len(_ids(tiny_baseline, "train")) + len(_ids(tiny_baseline, "val"))
+    for name in ("masks.json", "segment_masks.json"):
+        assert json.loads((repo / "data/prepared" / name).read_text()) == \
+            json.loads((tiny_baseline / "data/prepared" / name).read_text())
+    for name in ("evaluate.json", "segment.json"):
+        voc, got = (_numbers(json.loads((r / "metrics" / name).read_text())) for r in (tiny_baseline, repo))
+        assert got == voc, name
+    assert json.loads((repo / "data/prepared/manifest.json").read_text())["format"] == "coco"
+
+
+@pytest.mark.slow
+def test_labels_only_demo_runs_the_whole_pipeline(tiny_baseline: Path, tmp_path: Path):
+    """`data.format: labels`: the demo's images and a labels.csv, no masks. Classifier, seeds,
+    pseudo labels and the segmenter all run; evaluate reports mAP (equal to the VOC run's: same
+    images and labels) and says plainly that seed mIoU needs masks; so does segment_eval."""
+    repo = fork(tiny_baseline, tmp_path / "repo")
+    _set_params(repo, {"data.format": "labels"})
+    out = run(["dvc", "repro"], repo).stdout
+    assert "seed and pseudo-label mIoU need masks" in out and "the segmenter's mIoU needs masks" in out
+    got = json.loads((repo / "metrics/evaluate.json").read_text())
+    voc = json.loads((tiny_baseline / "metrics/evaluate.json").read_text())
+    assert got["cls"] == voc["cls"] and got["seed"]["miou"] is None
+    assert got["scored_images"] == {"split": "train", "masks": 0, "images": len(_ids(tiny_baseline, "train"))}
+    assert len(list((repo / "pseudo/train_aug").glob("*.png"))) == len(_ids(tiny_baseline, "train_aug"))
+    assert (repo / "segmenter/model.safetensors").exists()
+    assert json.loads((repo / "metrics/segment.json").read_text())["images"] == 0
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from wsss import metrics
-from wsss.data import voc
+from wsss.data import files
 from wsss.refine import labels, run
 from wsss.refine.crf import CRFConfig, crf_from_labels, crf_from_probs
 from wsss.refine.run import RefineConfig, pseudo_label, refine_split
@@ -146,7 +146,7 @@ def test_refine_split_writes_palette_pngs(tmp_path, method, unary):
         img = two_tone()
         cam = np.zeros((1, 40, 60), dtype=np.float32)
         cam[0, :, 26:] = 0.9
-        (tmp_path / f"{i}.png").write_bytes(voc.palette_png(img[..., 0]))  # unused: keep the image
+        (tmp_path / f"{i}.png").write_bytes(files.palette_png(img[..., 0]))  # unused: keep the image
         img_path = tmp_path / f"{i}.jpg"
         import cv2
 
@@ -158,7 +158,7 @@ def test_refine_split_writes_palette_pngs(tmp_path, method, unary):
                        crf=IRN_CLEAN if unary == "labels" else CRFConfig())
     refine_split(tasks, cfg, workers=2)
     for _, _, out in tasks:
-        lab = voc.read_mask(out)
+        lab = files.read_mask(out)
         assert lab.shape == (40, 60) and set(np.unique(lab)) == {0, 5}
         if method == "crf":
             assert (lab[:, :30] == 0).all() and (lab[:, 30:] == 5).all()  # pulled to the edge at 30

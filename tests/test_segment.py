@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wsss import io
-from wsss.data import voc
+from wsss.data import files, voc
 from wsss.data.datasets import LabelledCrops
 from wsss.errors import BackboneError
 from wsss.models.segmenter import Segmenter, SegmenterConfig, build_segmenter, create_backbone, load_segmenter
@@ -98,15 +98,19 @@ def _write_set(root: Path, n: int = 6, size=(40, 56)):
         (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(root / "JPEGImages" / f"{iid}.png", format="PNG")
         (root / "JPEGImages" / f"{iid}.png").rename(root / "JPEGImages" / f"{iid}.jpg")
-        (root / "SegmentationClass" / f"{iid}.png").write_bytes(voc.palette_png(lab))
+        (root / "SegmentationClass" / f"{iid}.png").write_bytes(files.palette_png(lab))
         ids.append(iid)
         masks.append(root / "SegmentationClass" / f"{iid}.png")
     return ids, masks
 
 
+def _images(root, ids):
+    return [voc.image_path(root, i) for i in ids]
+
+
 def test_labelled_crops_keep_labels_on_their_pixels(tmp_path):
     ids, masks = _write_set(tmp_path)
-    crops = LabelledCrops(tmp_path, ids, masks, crop_size=48, resize_long=(40, 80), seed=0)
+    crops = LabelledCrops(_images(tmp_path, ids), ids, masks, crop_size=48, resize_long=(40, 80), seed=0)
     for epoch in range(2):
         crops.set_epoch(epoch)
         for k in range(len(ids)):
@@ -116,7 +120,7 @@ def test_labelled_crops_keep_labels_on_their_pixels(tmp_path):
             inside = (y == 1) | (y == 2)
             assert ((y == 1) == red)[inside].float().mean() > 0.97
             assert (y[~inside] == IGNORE).all()
-    x4, y4 = LabelledCrops(tmp_path, ids, masks, 48, (40, 80), seed=0, stride=4)[0]
+    x4, y4 = LabelledCrops(_images(tmp_path, ids), ids, masks, 48, (40, 80), seed=0, stride=4)[0]
     assert y4.shape == (12, 12)
 
 
@@ -129,7 +133,7 @@ def test_the_loop_trains_the_segmenter_and_it_learns(tmp_path):
     items = [(voc.image_path(tmp_path, i), m) for i, m in zip(ids, masks)]
     task = SegmentTask(model, 1.0, 4, val=items)
     cfg = LoopConfig(epochs=8, batch_size=3, lr=5e-3, weight_decay=0.0, warmup_epochs=0, name="segment")
-    summary = run(task, LabelledCrops(tmp_path, ids, masks, 48, (40, 64), seed=0), cfg, torch.device("cpu"))
+    summary = run(task, LabelledCrops(_images(tmp_path, ids), ids, masks, 48, (40, 64), seed=0), cfg, torch.device("cpu"))
     assert summary["epoch"] == 8 and "ce" in summary["terms"]
     assert summary["miou"] > 0.6, summary
 
@@ -138,13 +142,13 @@ def test_scorer_oracle_and_predict_averages_probabilities(tmp_path):
     ids, masks = _write_set(tmp_path, n=2)
     s = Scorer(3, ["background", "a", "b"])
     for m in masks:
-        gt = voc.read_mask(m)
+        gt = files.read_mask(m)
         s.update(np.where(gt == 255, 0, gt), gt)
     r = s.summary()
     assert r["pixel_accuracy"] == 1.0 and r["per_class"]["background"]["iou"] is None
     assert r["miou"] == 1.0
     model = build_segmenter(TINY).eval()
-    image = voc.read_image(voc.image_path(tmp_path, ids[0]))
+    image = files.read_image(voc.image_path(tmp_path, ids[0]))
     p = predict(model, image, [1.0, 0.5], True, torch.device("cpu"))
     assert p.shape == (4, *image.shape[:2]) and np.allclose(p.sum(0), 1, atol=1e-5)
     with torch.no_grad():
@@ -213,7 +217,7 @@ def test_predict_writes_masks_for_odd_images_and_names_the_unreadable(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "broken.jpg" in proc.stdout + proc.stderr
     for name, shape in [("grey", (37, 61)), ("rgba", (50, 30)), ("photo", (80, 100))]:
-        mask = voc.read_mask(out / f"{name}.png")
+        mask = files.read_mask(out / f"{name}.png")
         assert mask.shape == shape and mask.max() < 4
         assert (out / f"{name}_overlay.jpg").stat().st_size > 0
     assert not (out / "broken.png").exists()

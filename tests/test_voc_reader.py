@@ -11,7 +11,7 @@ import torch
 import pytest
 from PIL import Image
 
-from wsss.data import voc
+from wsss.data import files, voc
 from wsss.data.demo import DEMO_CLASSES, generate_demo
 from wsss.data.manifest import build_manifest, resolve_root
 from wsss.data.voc import VOC_CLASSES, DataError
@@ -157,22 +157,22 @@ def test_read_image_and_mask_round_trip(tmp_path):
     rgb = np.zeros((6, 9, 3), dtype=np.uint8)
     rgb[..., 0] = 200  # red
     Image.fromarray(rgb).save(tmp_path / "x.png")
-    img = voc.read_image(tmp_path / "x.png")
+    img = files.read_image(tmp_path / "x.png")
     assert img.shape == (6, 9, 3)
     np.testing.assert_array_equal(img[0, 0], [200, 0, 0])  # RGB order, not cv2's BGR
     mask = np.array([[0, 1, 255], [2, 0, 1]], dtype=np.uint8)
-    (tmp_path / "m.png").write_bytes(voc.palette_png(mask))
-    np.testing.assert_array_equal(voc.read_mask(tmp_path / "m.png"), mask)
+    (tmp_path / "m.png").write_bytes(files.palette_png(mask))
+    np.testing.assert_array_equal(files.read_mask(tmp_path / "m.png"), mask)
 
 
 def test_rgb_mask_refused(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "m.png")
     with pytest.raises(DataError, match="mode RGB"):
-        voc.read_mask(tmp_path / "m.png")
+        files.read_mask(tmp_path / "m.png")
 
 
 def test_voc_palette_known_colours():
-    pal = voc.voc_palette()
+    pal = files.voc_palette()
     assert pal.shape == (256, 3)
     np.testing.assert_array_equal(pal[0], [0, 0, 0])
     np.testing.assert_array_equal(pal[1], [128, 0, 0])    # aeroplane
@@ -272,9 +272,9 @@ def test_garbage_jpeg_named(copy_root):
 
 def test_mask_of_wrong_size_named(copy_root):
     png = copy_root / "SegmentationClass" / "demo_000001.png"
-    mask = voc.read_mask(png)
+    mask = files.read_mask(png)
     h, w = mask.shape
-    png.write_bytes(voc.palette_png(np.zeros((h + 3, w - 2), dtype=np.uint8)))
+    png.write_bytes(files.palette_png(np.zeros((h + 3, w - 2), dtype=np.uint8)))
     with pytest.raises(DataError) as info:
         manifest(copy_root)
     msg = str(info.value)
@@ -284,9 +284,9 @@ def test_mask_of_wrong_size_named(copy_root):
 
 def test_mask_value_out_of_range(copy_root):
     png = copy_root / "SegmentationClass" / "demo_000010.png"  # val: scored
-    mask = voc.read_mask(png)
+    mask = files.read_mask(png)
     mask[0, 0] = len(DEMO_CLASSES) + 1  # 7: one past the last class
-    png.write_bytes(voc.palette_png(mask))
+    png.write_bytes(files.palette_png(mask))
     with pytest.raises(DataError) as info:
         manifest(copy_root)
     assert str(png) in str(info.value)
@@ -363,7 +363,7 @@ def test_parallel_validation_gives_the_same_manifest(tmp_path):
     assert two == one
     assert len(one["labels"]) == 66
     png = root / "SegmentationClass" / "demo_000065.png"  # the last val image
-    png.write_bytes(voc.palette_png(np.full((5, 5), 3, dtype=np.uint8)))
+    png.write_bytes(files.palette_png(np.full((5, 5), 3, dtype=np.uint8)))
     with pytest.raises(DataError) as info:
         build_manifest(root, SPLITS, SCORED, workers=2, progress=False)
     assert str(png) in str(info.value)
@@ -402,7 +402,7 @@ def test_train_crops_deterministic(demo_root):
     from wsss.data.datasets import TrainCrops
 
     m = manifest(demo_root)
-    ds = TrainCrops(demo_root, m["splits"]["train"], m["labels"], len(DEMO_CLASSES), crop_size=64,
+    ds = TrainCrops([demo_root / m["files"][i]["image"] for i in m["splits"]["train"]], m["splits"]["train"], m["labels"], len(DEMO_CLASSES), crop_size=64,
                     resize_long=[64, 128], hflip=True, jitter=0.3, seed=5)
     assert len(ds) == 4
     x, y, i, box = ds[2]
@@ -419,7 +419,7 @@ def test_whole_images(demo_root):
     from wsss.data.datasets import MEAN, STD, WholeImages
 
     m = manifest(demo_root)
-    ds = WholeImages(demo_root, m["splits"]["val"], m["labels"], len(DEMO_CLASSES), size=32)
+    ds = WholeImages([demo_root / m["files"][i]["image"] for i in m["splits"]["val"]], m["splits"]["val"], m["labels"], len(DEMO_CLASSES), size=32)
     x, y, i = ds[0]
     assert x.shape == (3, 32, 32) and i == 0
     assert y.sum() == len(m["labels"]["demo_000008"])

@@ -2,10 +2,11 @@
 
 Layout (relative to the project directory)::
 
-    data/demo/                         the generated demo set, VOC layout (when data.root names it)
+    data/demo/                         the generated demo set, in data.format's layout (when data.root names it)
     data/prepared/manifest.json        ids, labels, sizes, classes, counts, fingerprint of what training reads
     data/prepared/masks.json           fingerprint of the scored masks (read by cams' previews and evaluate)
     data/prepared/segment_masks.json   fingerprint of the segmenter's masks (val; with segment.labels gt, train)
+    data/prepared/masks/<id>.png       COCO only: the scored splits' masks, rasterised from the annotations
     models/model.safetensors           trained weights
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
@@ -41,6 +42,7 @@ PREPARED = Path("data/prepared")
 MANIFEST = PREPARED / "manifest.json"
 MASKS = PREPARED / "masks.json"
 SEGMENT_MASKS = PREPARED / "segment_masks.json"
+PREPARED_MASKS = PREPARED / "masks"            # COCO: masks prepare rasterised from the annotations
 DEMO_ROOT = Path("data/demo")
 MODELS = Path("models")
 WEIGHTS = MODELS / "model.safetensors"

@@ -9,13 +9,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+from . import artifacts
 from .data.manifest import resolve_root
+from .data.source import Source
 from .errors import KNOWN_FAULTS
 from .io import out_of_space, out_of_space_message, remove_temporaries
 from .stopping import (StageStopped, catch_stop_signals, close_progress_bars, reason, speaks_for_the_stage,
                        state, stop_cleanly, stopped_line)
 
-__all__ = ["StageStopped", "data_root", "run_stage", "stop_cleanly"]
+__all__ = ["StageStopped", "data_root", "data_source", "run_stage", "stop_cleanly"]
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
@@ -62,3 +64,9 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
 def data_root(p: SimpleNamespace, project_dir: Path | None = None) -> Path:
     """The data set's folder, ``data.root`` resolved (the demo's default: ``data/demo``)."""
     return resolve_root(p.data.root, Path.cwd() if project_dir is None else Path(project_dir))
+
+
+def data_source(p: SimpleNamespace) -> tuple[dict, Source]:
+    """The prepared manifest and the :class:`Source` that finds its images and masks."""
+    manifest = artifacts.load_manifest()
+    return manifest, Source(data_root(p), manifest)

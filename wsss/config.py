@@ -132,13 +132,16 @@ _CRF_KERNELS: dict[str, Field] = {
 #: keys that say how a stage runs, not what it makes: no stage lists them in dvc.yaml (changing
 #: them re-runs nothing) and no checkpoint fingerprint holds them (a run may resume on more GPUs)
 HOW_KEYS = frozenset({"train.nproc", "train.num_workers", "train.checkpoint_every", "train.resume", "cams.nproc",
-                      "refine.workers", "segment.nproc", "segment.num_workers", "segment.checkpoint_every"})
+                      "refine.workers", "evaluate.workers", "segment.nproc", "segment.num_workers", "segment.checkpoint_every"})
 
 # The whole parameter tree. A dict is a section; a Field is a leaf.
 SCHEMA: dict[str, Any] = {
     "seed": Field(INT, _non_negative, "global seed (data order, augmentation, init)"),
     "data": {
-        "root": Field(STR, _root, "the VOC2012 folder, absolute or relative (data/demo: the generated demo)"),
+        "format": Field(STR, _choice("voc", "coco", "labels"), "the data set's layout: voc (VOC2012 + SBD) | "
+                        "coco (COCO 2014) | labels (your images + a labels file)"),
+        "root": Field(STR, _root, "the data set's folder, absolute or relative (data/demo: the generated demo)"),
+        "labels_file": Field(STR, None, "data.format labels: the labels file (.csv or .json), relative to data.root"),
         "train_split": Field(STR, None, "split the classifier trains on"),
         "seed_split": Field(STR, None, "split where seeds are scored against masks"),
         "cls_split": Field(STR, None, "split where classification mAP is scored"),
@@ -287,6 +290,7 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "evaluate": {
+        "workers": Field(INT, _non_negative, "processes scoring the seed split's images (0 = all cores)"),
         "threshold_start": Field(FLOAT, _fraction),
         "threshold_stop": Field(FLOAT, _fraction),
         "num_thresholds": Field(INT, _positive),

@@ -131,6 +131,17 @@ class SeedScorer:
             conf = confusion(argmax_labels(maps["rcam"], [0, *keys]), gt, len(self.names))
             self.argmax["rcam"] = self.argmax.get("rcam", 0) + conf
 
+    def merge(self, other: "SeedScorer") -> "SeedScorer":
+        """Add ``other``'s counts (the same classes and thresholds, other images): scoring a split in
+        parts, in parallel, gives exactly the counts of one pass."""
+        if other.names != self.names or other.thresholds != self.thresholds:
+            raise ValueError("merging scorers of other classes or thresholds")
+        for kind, sweep in other.sweeps.items():
+            self._sweep(kind).counts += sweep.counts
+        for kind, conf in other.argmax.items():
+            self.argmax[kind] = self.argmax.get(kind, 0) + conf
+        return self
+
     def summary(self) -> dict[str, dict]:
         """Per map kind: ``miou``, ``pixel_accuracy``, ``per_class``; sweeps also ``threshold`` (the
         best) and ``curve`` [(threshold, miou), ...]."""

@@ -23,13 +23,13 @@ import numpy as np
 from tqdm import tqdm
 
 from . import artifacts, io, runtime
-from .data import voc
+from .data import files
 from .errors import KNOWN_FAULTS, DataError, ParamsError
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The VOC colours of a class-id mask (H, W) blended over an RGB image; background left as is."""
-    colours = voc.voc_palette()[mask].astype(np.float32)
+    colours = files.voc_palette()[mask].astype(np.float32)
     out = image.astype(np.float32)
     fg = (mask > 0) & (mask < 255)
     out[fg] = out[fg] * (1 - alpha) + colours[fg] * alpha
@@ -64,9 +64,9 @@ def main(argv=None) -> int:
         ap.error("--cams needs --classes: the names of the classes to draw")
     if any(s <= 0 for s in args.scales):
         ap.error("--scales must be > 0")
-    files = _files(args.images)
-    if not files:
-        ap.error(f"--images: '{args.images}' holds no files")
+    paths = _files(args.images)
+    if not paths:
+        ap.error(f"--images: '{args.images}' holds no paths")
     device = runtime.device()
     try:
         run = _cam_runner(args, device) if args.cams else _mask_runner(args, device)
@@ -75,15 +75,15 @@ def main(argv=None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     failed = []
-    for path in tqdm(files, desc="predict", unit="img"):
+    for path in tqdm(paths, desc="predict", unit="img"):
         try:
-            image = voc.read_image(path)
+            image = files.read_image(path)
         except DataError as exc:
             tqdm.write(f"predict: skipped {path}: {exc}")
             failed.append(path)
             continue
         run(image, args.out / path.stem)
-    print(f"predict: {len(files) - len(failed)} of {len(files)} images written to {args.out}"
+    print(f"predict: {len(paths) - len(failed)} of {len(paths)} images written to {args.out}"
           + (f"; {len(failed)} could not be read: {', '.join(p.name for p in failed[:10])}" if failed else ""))
     return 1 if failed else 0
 
@@ -97,7 +97,7 @@ def _mask_runner(args, device):
 
     def run(image: np.ndarray, stem: Path) -> None:
         mask = predict(model, image, args.scales, args.flip, device, amp=True).argmax(0).astype(np.uint8)
-        io.write_bytes(stem.with_suffix(".png"), voc.palette_png(mask))
+        io.write_bytes(stem.with_suffix(".png"), files.palette_png(mask))
         io.write_bytes(stem.parent / f"{stem.name}_overlay.jpg", jpeg_bytes(overlay(image, mask)))
     return run
 

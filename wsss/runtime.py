@@ -74,3 +74,31 @@ def _cpu_model() -> str:
             return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
     except OSError:
         return platform.processor() or "unknown"
+
+
+def bounded_map(fn, items, workers: int):
+    """``fn`` over ``items`` in ``workers`` processes (in this process when ``workers`` <= 1),
+    yielding results as they finish (in any order), with at most twice ``workers`` tasks in
+    flight: memory does not grow with the number of items, however slow the consumer."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    items = iter(items)
+    with ProcessPoolExecutor(workers) as pool:
+        pending = set()
+        try:
+            for item in items:
+                pending.add(pool.submit(fn, item))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield future.result()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import metrics
-from .data import voc
+from .data import files
+from .errors import DataError
 from .inference import scaled_input
 from .training import LoopConfig, Task, param_groups
 
@@ -59,9 +60,9 @@ class SegmentTask(Task):
         scorer = Scorer(self.num_classes)
         was_training = self.model.training
         for image_path, mask_path in self.val:
-            image = voc.read_image(image_path)
+            image = files.read_image(image_path)
             probs = predict(self.model, image, [1.0], False, device, self.amp)
-            scorer.update(probs.argmax(0), voc.read_mask(mask_path), mask_path)
+            scorer.update(probs.argmax(0), files.read_mask(mask_path), mask_path)
         self.model.train(was_training)
         return {"miou": scorer.summary()["miou"]}
 
@@ -110,9 +111,9 @@ def score_split(model: nn.Module, items: Sequence[tuple[Path, Path]], settings: 
 
     scorers = {name: Scorer(num_classes, class_names) for name in settings}
     for image_path, mask_path in tqdm(items, desc=desc, unit="img"):
-        image, gt = voc.read_image(image_path), voc.read_mask(mask_path)
+        image, gt = files.read_image(image_path), files.read_mask(mask_path)
         if gt.shape != image.shape[:2]:
-            raise voc.DataError(f"{mask_path}: mask {gt.shape} but image {image.shape[:2]}")
+            raise DataError(f"{mask_path}: mask {gt.shape} but image {image.shape[:2]}")
         cache: dict[tuple, np.ndarray] = {}
         for name, s in settings.items():
             key = (tuple(s["scales"]), bool(s["flip"]))

@@ -6,7 +6,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .data.voc import voc_palette
+from .data.files import voc_palette
 
 
 def heat_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:

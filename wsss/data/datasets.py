@@ -17,7 +17,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from . import voc
+from ..errors import DataError
+from . import files
 
 MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32) * 255
 STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32) * 255
@@ -88,6 +89,15 @@ def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (rows[:, :, None] & cols[:, None, :])[:, None].float()
 
 
+def _aligned(paths: Sequence[Path], ids: Sequence[str]) -> list[Path]:
+    """``paths`` as a list, one per id (the data set's files come from the caller: the manifest's
+    :class:`~wsss.data.source.Source`, which alone knows where they are)."""
+    paths = [Path(x) for x in paths]
+    if len(paths) != len(ids):
+        raise ValueError(f"{len(paths)} paths for {len(ids)} ids")
+    return paths
+
+
 class EpochSeeded(Dataset):
     """A data set over ``ids`` whose item ``index`` draws from ``rng(index)``, a generator seeded
     by ``(seed, epoch, index)``: call :meth:`set_epoch` before iterating an epoch."""
@@ -110,17 +120,17 @@ class TrainCrops(EpochSeeded):
     """Augmented training crops: item -> (image (3, crop, crop) float, labels (C,) float, index,
     box (4,) int64: where the image lies in the crop, the rest padding; see :func:`box_mask`)."""
 
-    def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int,
-                 crop_size: int, resize_long: Sequence[int], hflip: bool, jitter: float, seed: int):
+    def __init__(self, image_paths: Sequence[Path], ids: Sequence[str], labels: dict[str, list[int]],
+                 num_classes: int, crop_size: int, resize_long: Sequence[int], hflip: bool, jitter: float, seed: int):
         super().__init__(ids, seed)
-        self.root, self.labels = Path(root), labels
+        self.image_paths, self.labels = _aligned(image_paths, ids), labels
         self.num_classes, self.crop_size = num_classes, crop_size
         self.resize_long, self.hflip, self.jitter = tuple(resize_long), hflip, jitter
 
     def __getitem__(self, index: int):
         rng = self.rng(index)
         image_id = self.ids[index]
-        img = voc.read_image(voc.image_path(self.root, image_id))
+        img = files.read_image(self.image_paths[index])
         img = rescale_long(img, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
         if self.hflip and rng.random() < 0.5:
             img = img[:, ::-1]
@@ -136,20 +146,20 @@ class LabelledCrops(EpochSeeded):
     each cell). A random long side in ``resize_long``, a flip (p 0.5), one random crop for both:
     the labels ride along as a 4th channel, resized by nearest neighbour."""
 
-    def __init__(self, root: Path, ids: Sequence[str], label_paths: Sequence[Path], crop_size: int,
+    def __init__(self, image_paths: Sequence[Path], ids: Sequence[str], label_paths: Sequence[Path], crop_size: int,
                  resize_long: Sequence[int], seed: int, stride: int = 1, ignore: int = 255):
         if not ids:
-            raise voc.DataError("no training images for the label maps")
+            raise DataError("no training images for the label maps")
         super().__init__(ids, seed)
-        self.root, self.label_paths = Path(root), list(label_paths)
+        self.image_paths, self.label_paths = _aligned(image_paths, ids), _aligned(label_paths, ids)
         self.crop_size, self.resize_long, self.stride, self.ignore = crop_size, tuple(resize_long), stride, ignore
 
     def __getitem__(self, index: int):
         rng = self.rng(index)
-        img = voc.read_image(voc.image_path(self.root, self.ids[index]))
-        lab = voc.read_mask(self.label_paths[index])
+        img = files.read_image(self.image_paths[index])
+        lab = files.read_mask(self.label_paths[index])
         if lab.shape != img.shape[:2]:
-            raise voc.DataError(f"{self.label_paths[index]}: labels {lab.shape} but image {img.shape[:2]}")
+            raise DataError(f"{self.label_paths[index]}: labels {lab.shape} but image {img.shape[:2]}")
         long_side = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
         s = long_side / max(img.shape[:2])
         h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
@@ -168,13 +178,15 @@ class LabelledCrops(EpochSeeded):
 class WholeImages(Dataset):
     """Whole images resized to (size, size) for classification scoring: -> (image, labels, index)."""
 
-    def __init__(self, root: Path, ids: Sequence[str], labels: dict[str, list[int]], num_classes: int, size: int):
-        self.root, self.ids, self.labels, self.num_classes, self.size = Path(root), list(ids), labels, num_classes, size
+    def __init__(self, image_paths: Sequence[Path], ids: Sequence[str], labels: dict[str, list[int]], num_classes: int,
+                 size: int):
+        self.image_paths = _aligned(image_paths, ids)
+        self.ids, self.labels, self.num_classes, self.size = list(ids), labels, num_classes, size
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        img = resize(voc.read_image(voc.image_path(self.root, image_id)), self.size, self.size)
+        img = resize(files.read_image(self.image_paths[index]), self.size, self.size)
         return to_tensor(normalize(img)), multi_hot(self.labels[image_id], self.num_classes), index

@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from ..io import write_bytes
-from .voc import palette_png
+from .files import palette_png
 
 DEMO_CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "star", "cross", "ring")
 """Foreground class names; class ``k`` (1-based) is ``DEMO_CLASSES[k - 1]``, 0 is background."""

@@ -63,10 +63,10 @@ class LabelCrops(LabelledCrops):
     """Training crops with their confident labels on the stride-4 grid:
     item -> (image (3, S, S) float, labels (S/4, S/4) int64 with 255 = unsure / padding)."""
 
-    def __init__(self, root: Path, ids: Sequence[str], label_paths: Sequence[Path], cfg: IRNConfig):
+    def __init__(self, image_paths: Sequence[Path], ids: Sequence[str], label_paths: Sequence[Path], cfg: IRNConfig):
         if not ids:
             raise TrainingError("the relation net has no training images")
-        super().__init__(root, ids, label_paths, cfg.crop_size, cfg.resize_long, cfg.seed, STRIDE, affinity.IGNORE)
+        super().__init__(image_paths, ids, label_paths, cfg.crop_size, cfg.resize_long, cfg.seed, STRIDE, affinity.IGNORE)
 
 
 def loop_config(cfg: IRNConfig) -> LoopConfig:

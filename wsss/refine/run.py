@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import io
-from ..data import voc
+from ..data import files
 from . import crf, labels
 
 
@@ -75,9 +75,9 @@ def _one(task: tuple) -> str:
     image_path, cam_path, out_path, labeller = task
     from ..artifacts import load_cams
 
-    image = voc.read_image(Path(image_path))
+    image = files.read_image(Path(image_path))
     maps = load_cams(Path(cam_path), expect_shape=image.shape[:2])
-    io.write_bytes(out_path, voc.palette_png(labeller(image, maps)))
+    io.write_bytes(out_path, files.palette_png(labeller(image, maps)))
     return out_path
 
 

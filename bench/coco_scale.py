@@ -1,0 +1,149 @@
+"""What COCO's size costs: the demo generated at MS COCO 2014's counts, in COCO form, then timed.
+
+The data set: 82,783 ``train_aug`` images (COCO's train2014 count; ``train`` is a list of the
+first ``--seed-images`` of them, where seeds are scored) and 40,504 ``val`` (val2014's), of
+96-160 px (the demo's size: COCO's are about 640 x 480, which this machine cannot generate at
+this count in reasonable time; the file count is COCO's, per-image work is extrapolated),
+generated once in the VOC layout and written in COCO form (``wsss.data.forms.write_coco``) into
+``--root``. In a fresh copy of the project with ``data.format: coco`` and ``data.root`` set to it:
+
+1. the first ``dvc repro prepare``: DVC hashes the folder; prepare reads the annotation files
+   with pycocotools, validates every image and rasterises the masks of the scored splits
+   (``train`` and ``val``); its time and peak memory (of the largest process);
+2. stand-in outputs for every later stage (``dvc commit``), then a no-op ``dvc repro`` and
+   ``dvc status``, ``--repeats`` times;
+3. ``evaluate``'s scoring (``stages.evaluate.seed_scores``: parallel, bounded) on 1/8, 1/4,
+   1/2 and all of the ``train`` list's images with stand-in seed maps and pseudo labels of the
+   real shapes: seconds and peak memory per size (target: memory flat in the number of images).
+
+    python bench/coco_scale.py --root /tmp/wsss_coco_scale/coco --json bench/results/coco_scale.json
+    python bench/coco_scale.py --scale 0.02          # a quick try
+
+Targets: a no-op ``dvc repro`` at most 10 s; evaluate's memory independent of the image count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from voc_scale import dvc, finish, project_copy, stand_in_outputs, timings  # noqa: E402
+
+from wsss import artifacts, io  # noqa: E402
+from wsss.data.demo import generate_demo  # noqa: E402
+from wsss.data.files import palette_png, read_mask  # noqa: E402
+from wsss.data.forms import write_coco  # noqa: E402
+
+COCO = dict(n_train_aug=82783, n_val=40504, min_size=96, max_size=160, max_objects=3)
+
+
+def ensure_data(root: Path, spec: dict, workers: int) -> dict:
+    """Generate (VOC layout, in a folder beside) and write the COCO form into ``root`` unless a
+    complete one is there; the seconds each took (empty if kept)."""
+    marker = root.with_name(root.name + ".complete.json")
+    if marker.exists() and json.loads(marker.read_text()) == spec and root.is_dir():
+        return {}
+    voc = root.with_name(root.name + ".voc")
+    shutil.rmtree(voc, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    start = time.perf_counter()
+    generate_demo(voc, seed=0, progress=True, workers=workers, **spec)
+    took = {"generate_s": time.perf_counter() - start}
+    start = time.perf_counter()
+    write_coco(voc, root, annotated=["train_aug", "val"], listed=["train"])
+    took["write_coco_s"] = time.perf_counter() - start
+    shutil.rmtree(voc)
+    marker.write_text(json.dumps(spec))
+    return took
+
+
+def peak_children_mib() -> float:
+    """Peak resident memory of the largest finished child process so far (Linux: KiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def evaluate_scaling(repo: Path, sizes: list[int], workers: int) -> list[dict]:
+    """``seed_scores`` on growing prefixes of the scored split, each in a fresh process."""
+    rows = []
+    for n in sizes:
+        code = (f"import json, resource, time, sys; sys.path.insert(0, {str(REPO)!r}); "
+                "from stages.evaluate import seed_scores; from wsss.cli import data_source; "
+                "from wsss.config import load_params; p = load_params(); "
+                f"p.evaluate.workers = {workers}; m, s = data_source(p); ids = s.masked(m['splits']['train'])[:{n}]; "
+                "t = time.perf_counter(); r, _, _ = seed_scores(p, s, ids, 'train', m['classes'], 'cam'); "
+                "t = time.perf_counter() - t; "
+                "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+                "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
+                "print(json.dumps({'images': len(ids), 'seconds': t, 'peak_main_mib': own, "
+                "'peak_worker_mib': kids, 'miou': r['seed']['miou']}))")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                              env=dict(os.environ, WSSS_DEVICE="cpu"))
+        if proc.returncode:
+            raise SystemExit(f"evaluate at {n} images failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"evaluate: {rows[-1]}", flush=True)
+    return rows
+
+
+def stand_in_maps(repo: Path) -> None:
+    """Seed maps and pseudo labels of the real shapes for the scored split (random values)."""
+    os.chdir(repo)
+    manifest = artifacts.load_manifest()
+    rng = np.random.default_rng(0)
+    for i in manifest["splits"]["train"]:
+        h, w = manifest["sizes"][i]
+        keys = np.array(manifest["labels"][i], dtype=np.int16)
+        artifacts.save_cams(artifacts.cam_path("train", i), keys,
+                            {"cam": rng.random((len(keys), h, w)).astype(np.float16)})
+        mask = read_mask(artifacts.PREPARED_MASKS / manifest["files"][i]["mask"])
+        io.write_bytes(artifacts.pseudo_path("train", i), palette_png(mask))
+    os.chdir(REPO)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "wsss_coco_scale" / "coco")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of COCO's image counts")
+    ap.add_argument("--seed-images", type=int, default=8000, help="images of the scored 'train' list")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    root = args.root.resolve()
+    spec = {k: max(8, round(v * args.scale)) if k.startswith("n_") else v for k, v in COCO.items()}
+    spec["n_train"] = min(args.seed_images, spec["n_train_aug"])
+    root.parent.mkdir(parents=True, exist_ok=True)
+    result: dict = {"data": dict(spec), **ensure_data(root, spec, args.workers)}
+    result["data"]["files"] = sum(1 for p in root.rglob("*") if p.is_file())
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        repo = project_copy(Path(tmp) / "now", None, root, "coco")
+        result["first_prepare_s"] = dvc(repo, "repro", "prepare")
+        result["first_prepare_peak_mib"] = peak_children_mib()
+        dvc(repo, "repro", "demo")
+        stand_in_outputs(repo)
+        dvc(repo, "commit", "-f")
+        result["now"] = timings(repo, args.repeats)
+        stand_in_maps(repo)
+        n = spec["n_train"]
+        result["evaluate"] = evaluate_scaling(repo, sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}),
+                                              args.workers)
+    print(f"COCO-scale data: {result['data']['files']} files under {root}")
+    print(f"first `dvc repro prepare`: {result['first_prepare_s']:.1f} s, peak {result['first_prepare_peak_mib']:.0f} MiB")
+    return finish(result, args.repeats, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Where a prepared data set's images and masks are: the one way later stages find files.
+
+``prepare`` records in the manifest, per id, the image's path relative to ``data.root`` and its
+mask's (relative to the root, or to ``data/prepared/masks`` where ``prepare`` rasterised COCO's
+annotations; None without a mask). A :class:`Source` resolves them; no stage after ``prepare``
+builds a layout path, so a new ``data.format`` needs a reader module and nothing else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts
+from ..errors import DataError
+from . import files
+
+
+class Source:
+    """The images and masks of a manifest under ``root``; ``project_dir`` holds ``data/prepared``."""
+
+    def __init__(self, root: Path, manifest: dict, project_dir: Path | None = None):
+        self.root, self.manifest = Path(root), manifest
+        self.files = manifest["files"]
+        base = manifest.get("mask_base", "root")
+        project = Path.cwd() if project_dir is None else Path(project_dir)
+        self.mask_root = self.root if base == "root" else project / artifacts.PREPARED_MASKS
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / self.files[image_id]["image"]
+
+    def has_mask(self, image_id: str) -> bool:
+        return bool(self.files[image_id]["mask"])
+
+    def mask_path(self, image_id: str) -> Path:
+        """The mask's path; a :class:`DataError` where the data set has none for ``image_id``."""
+        rel = self.files[image_id]["mask"]
+        if not rel:
+            raise DataError(f"{self.image_path(image_id)}: no mask for '{image_id}' (prepare found none; "
+                            "only the scored splits' masks are recorded)")
+        return self.mask_root / rel
+
+    def image(self, image_id: str) -> np.ndarray:
+        """RGB uint8 (H, W, 3)."""
+        return files.read_image(self.image_path(image_id))
+
+    def mask(self, image_id: str) -> np.ndarray:
+        """Class indices uint8 (H, W): 0 background, 1..C, 255 ignore."""
+        return files.read_mask(self.mask_path(image_id))
+
+    def masked(self, ids) -> list[str]:
+        """The ids among ``ids`` that have a mask, in order."""
+        return [i for i in ids if self.has_mask(i)]
