@@ -9,9 +9,9 @@ generated once in the VOC layout and written in COCO form (``wsss.data.forms.wri
 
 1. the first ``dvc repro prepare``: DVC hashes the folder; prepare reads the annotation files
    with pycocotools, validates every image and rasterises the masks of the scored splits
-   (``train`` and ``val``); its time and peak memory (of the largest process);
+   (``train`` and ``val``); its time and peak memory (its largest process, and its process tree);
 2. stand-in outputs for every later stage (``dvc commit``), then a no-op ``dvc repro`` and
-   ``dvc status``, ``--repeats`` times;
+   ``dvc status``, ``--repeats`` times, and ``dvc status <stage>`` per stage (where the time goes);
 3. ``evaluate``'s scoring (``stages.evaluate.seed_scores``: parallel, bounded) on 1/8, 1/4,
    1/2 and all of the ``train`` list's images with stand-in seed maps and pseudo labels of the
    real shapes: seconds and peak memory per size (target: memory flat in the number of images).
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,9 +71,33 @@ def ensure_data(root: Path, spec: dict, workers: int) -> dict:
     return took
 
 
-def peak_children_mib() -> float:
-    """Peak resident memory of the largest finished child process so far (Linux: KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def run_measured(repo: Path, *args: str) -> dict:
+    """``dvc <args>`` with its process tree's memory polled every 0.2 s: seconds, the peak
+    resident memory of its largest process and of the whole tree (MiB; pages shared between
+    processes are counted in each)."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", WSSS_DEVICE="cpu",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    start = time.perf_counter()
+    proc = psutil.Popen(["dvc", *args], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    single = total = 0.0
+    while proc.poll() is None:
+        try:
+            rss = [p.memory_info().rss for p in [proc, *proc.children(recursive=True)]]
+        except psutil.Error:
+            continue
+        single, total = max(single, max(rss) / 2**20), max(total, sum(rss) / 2**20)
+        time.sleep(0.2)
+    took = time.perf_counter() - start
+    out = proc.stdout.read().decode(errors="replace")
+    if proc.returncode:
+        raise SystemExit(f"dvc {' '.join(args)} failed:\n{out[-3000:]}")
+    return {"seconds": took, "peak_process_mib": round(single), "peak_tree_mib": round(total)}
+
+
+def status_by_stage(repo: Path) -> dict:
+    """Seconds of ``dvc status <stage>`` (that stage alone) per stage: where a no-op's time goes."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {name: round(dvc(repo, "status", name), 2) for name in stages}
 
 
 def evaluate_scaling(repo: Path, sizes: list[int], workers: int) -> list[dict]:
@@ -85,7 +110,7 @@ def evaluate_scaling(repo: Path, sizes: list[int], workers: int) -> list[dict]:
                 f"p.evaluate.workers = {workers}; m, s = data_source(p); ids = s.masked(m['splits']['train'])[:{n}]; "
                 "t = time.perf_counter(); r, _, _ = seed_scores(p, s, ids, 'train', m['classes'], 'cam'); "
                 "t = time.perf_counter() - t; "
-                "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+                "own = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024; "
                 "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
                 "print(json.dumps({'images': len(ids), 'seconds': t, 'peak_main_mib': own, "
                 "'peak_worker_mib': kids, 'miou': r['seed']['miou']}))")
@@ -130,18 +155,23 @@ def main(argv=None) -> int:
     result["data"]["files"] = sum(1 for p in root.rglob("*") if p.is_file())
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
         repo = project_copy(Path(tmp) / "now", None, root, "coco")
-        result["first_prepare_s"] = dvc(repo, "repro", "prepare")
-        result["first_prepare_peak_mib"] = peak_children_mib()
+        first = run_measured(repo, "repro", "prepare")
+        result["first_prepare_s"] = first["seconds"]
+        result["first_prepare_memory_mib"] = {k: v for k, v in first.items() if k != "seconds"}
         dvc(repo, "repro", "demo")
         stand_in_outputs(repo)
         dvc(repo, "commit", "-f")
         result["now"] = timings(repo, args.repeats)
+        result["status_by_stage_s"] = status_by_stage(repo)
+        result["files"] = {d: sum(1 for p in (repo / d).rglob("*") if p.is_file())
+                           for d in ("cams", "pseudo", "data/prepared/masks")}
         stand_in_maps(repo)
         n = spec["n_train"]
         result["evaluate"] = evaluate_scaling(repo, sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}),
                                               args.workers)
     print(f"COCO-scale data: {result['data']['files']} files under {root}")
-    print(f"first `dvc repro prepare`: {result['first_prepare_s']:.1f} s, peak {result['first_prepare_peak_mib']:.0f} MiB")
+    print(f"first `dvc repro prepare`: {result['first_prepare_s']:.1f} s, memory {result['first_prepare_memory_mib']}")
+    print(f"`dvc status <stage>` seconds: {result['status_by_stage_s']}; files: {result['files']}")
     return finish(result, args.repeats, args.json)
 
 

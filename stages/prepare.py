@@ -25,14 +25,22 @@ def main() -> None:
     # masks: the seeds' scored split and the segmenter's validation split; with segment.labels gt,
     # the training split's too (the upper bound trains on them)
     scored = [p.data.seed_split, p.data.val_split] + ([p.data.train_split] if p.segment.labels == "gt" else [])
-    # COCO's masks are rasterised here, once, and read back by every later stage
+    # COCO's masks are rasterised here, once, and read back by every later stage; into a new folder
+    # that replaces the old one only once the whole data set has passed (bad input loses nothing)
+    masks_dir = artifacts.PREPARED_MASKS.with_name(f".{artifacts.PREPARED_MASKS.name}.tmp")
+    shutil.rmtree(masks_dir, ignore_errors=True)
+    masks_dir.mkdir(parents=True)
+    io.write_text(masks_dir / "README.txt", "data.format coco: the scored splits' masks, rasterised by prepare "
+                  "from the annotations (wsss/data/coco.py states the rules); empty otherwise.\n")
+    try:
+        manifest = build_manifest(root, splits, scored=scored, train=p.data.train_split,
+                                  held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1,
+                                  fmt=p.data.format, labels_file=p.data.labels_file, mask_dir=masks_dir)
+    except BaseException:
+        shutil.rmtree(masks_dir, ignore_errors=True)
+        raise
     shutil.rmtree(artifacts.PREPARED_MASKS, ignore_errors=True)
-    artifacts.PREPARED_MASKS.mkdir(parents=True)
-    io.write_text(artifacts.PREPARED_MASKS / "README.txt", "data.format coco: the scored splits' masks, rasterised "
-                  "by prepare from the annotations (wsss/data/coco.py states the rules); empty otherwise.\n")
-    manifest = build_manifest(root, splits, scored=scored, train=p.data.train_split,
-                              held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1,
-                              fmt=p.data.format, labels_file=p.data.labels_file, mask_dir=artifacts.PREPARED_MASKS)
+    os.replace(masks_dir, artifacts.PREPARED_MASKS)
     masks = manifest.pop("masks")
     io.write_json(artifacts.MASKS, {"split": p.data.seed_split, **masks[p.data.seed_split]})
     io.write_json(artifacts.SEGMENT_MASKS, {s: masks[s] for s in dict.fromkeys(scored[1:])})

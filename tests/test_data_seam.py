@@ -6,7 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from wsss.data.manifest import FORMATS, reader
+from wsss.data import FORMATS
+from wsss.data.manifest import reader
 
 REPO = Path(__file__).resolve().parents[1]
 READERS = {f"wsss.data.{fmt}" for fmt in FORMATS}

@@ -105,3 +105,17 @@ def test_held_out_split_sharing_images_is_refused(tmp_path):
     _csv(tmp_path, CSV)
     with pytest.raises(DataError, match="held-out split 'all' shares 2 of its 4 ids"):
         build_manifest(tmp_path, ["train", "all"], [], progress=False, fmt="labels", train="train", held_out=["all"])
+
+
+def test_json_fault_names_the_line(tmp_path):
+    _images(tmp_path, ["a.jpg", "b.jpg"])
+    (tmp_path / "labels.json").write_text('{\n  "a.jpg": ["cat"],\n  "b.jpg": ["cat", "lion"]\n}\n')
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    with pytest.raises(DataError, match=r"labels.json: line 3: unknown class 'lion' for image 'b.jpg'"):
+        labels.load(tmp_path, ["all"], "labels.json")
+
+
+def test_labels_separated_by_spaces_when_no_name_holds_one(tmp_path):
+    _csv(tmp_path, "image,labels\nimg/a.jpg,cat dog\nimg/b.png,dog\n", images=("img/a.jpg", "img/b.png"))
+    classes, _, payloads, _ = labels.load(tmp_path, ["all"])
+    assert classes == ("cat", "dog") and payloads["a"]["labels"] == [1, 2]

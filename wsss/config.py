@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 
+from .data import FORMATS
 from .errors import ParamsError  # noqa: F401  (re-exported: wsss.config.ParamsError)
 
 
@@ -138,7 +139,7 @@ HOW_KEYS = frozenset({"train.nproc", "train.num_workers", "train.checkpoint_ever
 SCHEMA: dict[str, Any] = {
     "seed": Field(INT, _non_negative, "global seed (data order, augmentation, init)"),
     "data": {
-        "format": Field(STR, _choice("voc", "coco", "labels"), "the data set's layout: voc (VOC2012 + SBD) | "
+        "format": Field(STR, _choice(*FORMATS), "the data set's layout: voc (VOC2012 + SBD) | "
                         "coco (COCO 2014) | labels (your images + a labels file)"),
         "root": Field(STR, _root, "the data set's folder, absolute or relative (data/demo: the generated demo)"),
         "labels_file": Field(STR, None, "data.format labels: the labels file (.csv or .json), relative to data.root"),

@@ -31,6 +31,7 @@ from typing import Sequence
 from ..errors import DataError
 from .files import check_mask_values, read_image_notes, read_mask, read_text
 
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 #: The split holding every image of the labels file.
 ALL = "all"
 MASKS = "masks"
@@ -145,12 +146,14 @@ def _read_json(path: Path):
     images = data["images"] if structured else data
     declared = data.get("classes") if structured else None
     splits_in = data.get("splits", {}) if structured else {}
-    # JSON has no line numbers once parsed: each image's line is found in the text
-    lines = read_text(path).splitlines()
+    # JSON has no line numbers once parsed: each string's first line, found in one pass over the text
+    first: dict[str, int] = {}
+    for number, text in enumerate(read_text(path).splitlines(), start=1):
+        for quoted in _JSON_STRING.findall(text):
+            first.setdefault(quoted, number)
 
     def line_of(key: str) -> int:
-        quoted = json.dumps(key)
-        return next((n for n, text in enumerate(lines, start=1) if quoted in text), 0)
+        return first.get(json.dumps(key)[1:-1], 0)
 
     rows = []
     for image, names in images.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -24,13 +25,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ..errors import DataError
-from . import files
-
-#: data.format -> the module that alone knows that layout (``load`` and ``check_image``).
-FORMATS = ("voc", "coco", "labels")
-#: Formats whose scored splits must have a mask for every image (``labels``: masks where given).
-MASKS_REQUIRED = ("voc", "coco")
-
+from . import FORMATS, files
 
 def reader(fmt: str):
     """The reader module of ``data.format``."""
@@ -97,7 +92,9 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
     items = [payloads[i] for i in ids]
     bar = tqdm(total=len(ids), desc="validate", disable=not progress, unit="img")
     if workers > 1 and len(ids) > 64:
-        with ProcessPoolExecutor(workers) as pool:
+        # fresh worker processes (spawn), not forks: a fork would share, and page by page copy,
+        # the reader's whole index (COCO's annotations: gigabytes) in every worker
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for image_id, rec in pool.map(check, ids, items, with_masks, chunksize=32):
                 records[image_id] = rec
                 bar.update()
