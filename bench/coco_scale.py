@@ -127,13 +127,14 @@ def stand_in_maps(repo: Path) -> None:
     """Seed maps and pseudo labels of the real shapes for the scored split (random values)."""
     os.chdir(repo)
     manifest = artifacts.load_manifest()
+    masks = io.read_json(artifacts.MASKS)["files"]
     rng = np.random.default_rng(0)
     for i in manifest["splits"]["train"]:
         h, w = manifest["sizes"][i]
         keys = np.array(manifest["labels"][i], dtype=np.int16)
         artifacts.save_cams(artifacts.cam_path("train", i), keys,
                             {"cam": rng.random((len(keys), h, w)).astype(np.float16)})
-        mask = read_mask(artifacts.PREPARED_MASKS / manifest["files"][i]["mask"])
+        mask = read_mask(artifacts.PREPARED_MASKS / masks[i])
         io.write_bytes(artifacts.pseudo_path("train", i), palette_png(mask))
     os.chdir(REPO)
 

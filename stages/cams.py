@@ -17,7 +17,7 @@ from wsss.viz import cam_panel, png_bytes
 def main() -> None:
     p = load_params()
     distributed.launch_stage(p.cams.nproc, "cams.nproc", "stages.cams", runtime.device())   # > 1: torchrun takes over
-    manifest, source = data_source(p)
+    manifest, source = data_source(p, artifacts.MASKS)
     device = distributed.setup(runtime.device())
     rank, world = distributed.rank_and_world()
     model = trained.load_model(device)

@@ -23,7 +23,7 @@ CHUNK = 16
 
 def main() -> None:
     p = load_params()
-    manifest, source = data_source(p)
+    manifest, source = data_source(p, artifacts.MASKS)
     classes = manifest["classes"]
     lead = io.read_json(artifacts.MODEL_INFO).get("seed_map", "cam")
     split = p.data.seed_split

@@ -29,7 +29,7 @@ def main() -> None:
     p = load_params()
     distributed.launch_stage(p.segment.nproc, "segment.nproc", "stages.segment", runtime.device())
     s = p.segment
-    manifest, source = data_source(p)
+    manifest, source = data_source(p, artifacts.SEGMENT_MASKS)
     classes = manifest["classes"]
     split = p.data.train_split
     ids = manifest["splits"][split]

@@ -14,7 +14,7 @@ from wsss.segmentation import score_split
 def main() -> None:
     p = load_params()
     e = p.segment.eval
-    manifest, source = data_source(p)
+    manifest, source = data_source(p, artifacts.SEGMENT_MASKS)
     device = runtime.device()
     model = load_segmenter(artifacts.SEGMENTER_WEIGHTS, artifacts.SEGMENTER_INFO, device)
     info = io.read_json(artifacts.SEGMENTER_INFO)

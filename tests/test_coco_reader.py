@@ -92,7 +92,7 @@ def test_categories_map_to_file_order_and_crowd_counts_as_a_label(tmp_path):
     assert payloads["a"]["image"] == "train2014/a.jpg"
     m = build_manifest(tmp_path, ["train2014"], ["train2014"], progress=False, fmt="coco", mask_dir=tmp_path / "m")
     assert m["labels"] == {"a": [2, 3], "b": [1]} and m["counts"]["left_out"] == left_out
-    mask = read_mask(tmp_path / "m" / m["files"]["a"]["mask"])
+    mask = read_mask(tmp_path / "m" / m["masks"]["train2014"]["files"]["a"])
     assert (mask[:4, :4] == 3).all() and (mask[5:] == 255).all() and mask[4, 6] == 0
 
 
@@ -157,11 +157,15 @@ def test_demo_in_coco_form_reads_back_to_the_same_data(demo_forms):
     kw = dict(train="train_aug", held_out=["val"], progress=False)
     a = build_manifest(demo_forms / "voc", SPLITS, ["train", "val"], **kw)
     b = build_manifest(demo_forms / "coco", SPLITS, ["train", "val"], fmt="coco", mask_dir=demo_forms / "masks", **kw)
-    for key in ("classes", "splits", "labels", "sizes", "fingerprint", "masks"):
+    for key in ("classes", "splits", "labels", "sizes", "fingerprint"):
         assert a[key] == b[key], key
+    for split in ("train", "val"):           # the same masks, under other paths
+        assert {k: v for k, v in a["masks"][split].items() if k != "files"} == \
+            {k: v for k, v in b["masks"][split].items() if k != "files"}
     for i in a["splits"]["train"] + a["splits"]["val"]:
-        voc_mask = read_mask(demo_forms / "voc" / a["files"][i]["mask"])
-        coco_mask = read_mask(demo_forms / "masks" / b["files"][i]["mask"])
+        split = "train" if i in a["splits"]["train"] else "val"
+        voc_mask = read_mask(demo_forms / "voc" / a["masks"][split]["files"][i])
+        coco_mask = read_mask(demo_forms / "masks" / b["masks"][split]["files"][i])
         assert np.array_equal(voc_mask, coco_mask), i
     data = json.loads((demo_forms / "coco" / "annotations" / "instances_val.json").read_text())
     kinds = {("polygon" if isinstance(a["segmentation"], list) else "rle", a["iscrowd"]) for a in data["annotations"]}
@@ -175,4 +179,4 @@ def test_demo_in_labels_form_has_the_same_labels_and_no_masks(demo_forms):
     for key in ("classes", "splits", "labels", "sizes", "fingerprint"):
         assert a[key] == c[key], key
     assert c["counts"]["masks"] == {"train": 0, "val": 0}
-    assert all(f["mask"] is None for f in c["files"].values())
+    assert c["masks"]["train"]["files"] == {} and c["masks"]["val"]["files"] == {}

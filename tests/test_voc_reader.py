@@ -402,7 +402,7 @@ def test_train_crops_deterministic(demo_root):
     from wsss.data.datasets import TrainCrops
 
     m = manifest(demo_root)
-    ds = TrainCrops([demo_root / m["files"][i]["image"] for i in m["splits"]["train"]], m["splits"]["train"], m["labels"], len(DEMO_CLASSES), crop_size=64,
+    ds = TrainCrops([demo_root / m["images"][i] for i in m["splits"]["train"]], m["splits"]["train"], m["labels"], len(DEMO_CLASSES), crop_size=64,
                     resize_long=[64, 128], hflip=True, jitter=0.3, seed=5)
     assert len(ds) == 4
     x, y, i, box = ds[2]
@@ -419,7 +419,7 @@ def test_whole_images(demo_root):
     from wsss.data.datasets import MEAN, STD, WholeImages
 
     m = manifest(demo_root)
-    ds = WholeImages([demo_root / m["files"][i]["image"] for i in m["splits"]["val"]], m["splits"]["val"], m["labels"], len(DEMO_CLASSES), size=32)
+    ds = WholeImages([demo_root / m["images"][i] for i in m["splits"]["val"]], m["splits"]["val"], m["labels"], len(DEMO_CLASSES), size=32)
     x, y, i = ds[0]
     assert x.shape == (3, 32, 32) and i == 0
     assert y.sum() == len(m["labels"]["demo_000008"])

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts
+from . import artifacts, io
 from .data.manifest import resolve_root
 from .data.source import Source
 from .errors import KNOWN_FAULTS
@@ -66,7 +66,14 @@ def data_root(p: SimpleNamespace, project_dir: Path | None = None) -> Path:
     return resolve_root(p.data.root, Path.cwd() if project_dir is None else Path(project_dir))
 
 
-def data_source(p: SimpleNamespace) -> tuple[dict, Source]:
-    """The prepared manifest and the :class:`Source` that finds its images and masks."""
+def data_source(p: SimpleNamespace, masks: Path | None = None) -> tuple[dict, Source]:
+    """The prepared manifest and the :class:`Source` that finds its images and the masks recorded
+    in ``masks`` (``artifacts.MASKS``: the seed split's; ``artifacts.SEGMENT_MASKS``: the
+    segmenter's splits; None: no masks), the record the calling stage depends on."""
     manifest = artifacts.load_manifest()
-    return manifest, Source(data_root(p), manifest)
+    files: dict[str, str] = {}
+    if masks is not None:
+        record = io.read_json(masks)
+        for part in ([record] if "split" in record else record.values()):
+            files.update(part.get("files", {}))
+    return manifest, Source(data_root(p), manifest, files)

@@ -57,9 +57,10 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
     """Validate ``splits`` under ``root`` (masks for the ``scored`` ones) and index them.
 
     ``fmt`` (``data.format``) picks the reader; it alone knows where files lie. The manifest
-    records, per id, the image's path relative to ``root`` and its mask's (relative to ``root``,
-    or for COCO to ``mask_dir``, where ``prepare`` rasterises them; None without a mask), so later
-    stages read through :class:`wsss.data.source.Source` and never build a layout path.
+    records, per id, the image's path relative to ``root`` (``images``) and, per scored split, its
+    masks' paths (``masks``: relative to ``root``, or for COCO to ``mask_dir``, where ``prepare``
+    rasterises them; an image without a mask is absent), so later stages read through
+    :class:`wsss.data.source.Source` and never build a layout path.
 
     ``held_out`` splits (e.g. the classification split scored for mAP) must share no id with
     the ``train`` split; both must be among ``splits``. Raises :class:`DataError` naming
@@ -117,8 +118,9 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
         "splits": split_ids,
         "labels": {i: records[i]["labels"] for i in ids},
         "sizes": {i: [records[i]["height"], records[i]["width"]] for i in ids},
-        "files": {i: {"image": records[i]["image"], "mask": records[i]["mask"]} for i in ids},
-        # where the mask paths start: the data root, or prepare's rasterised masks (COCO)
+        "images": {i: records[i]["image"] for i in ids},
+        # where the mask paths (in "masks", which prepare writes apart) start: the data root, or
+        # prepare's rasterised masks (COCO)
         "mask_base": "prepared" if fmt == "coco" else "root",
         "counts": {
             "images": {s: len(v) for s, v in split_ids.items()},
@@ -134,8 +136,12 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
         # mask re-scores without retraining. Content, not file names: the same data in another
         # layout has the same fingerprint.
         "fingerprint": _digest([classes, split_ids] + [[i, records[i]["md5"], records[i]["labels"]] for i in ids]),
-        # per scored split: the stages that read a split's masks depend on its record alone
-        "masks": {s: {"count": len(m), "fingerprint": _digest([[i, records[i]["mask_md5"]] for i in m])}
+        # per scored split, its masks' paths and fingerprint: prepare writes them apart from the
+        # manifest (masks.json, segment_masks.json), so that scoring another split, or the segmenter
+        # on ground truth, never changes what training depends on; the stages that read a split's
+        # masks depend on its record alone
+        "masks": {s: {"count": len(m), "fingerprint": _digest([[i, records[i]["mask_md5"]] for i in m]),
+                      "files": {i: records[i]["mask"] for i in m}}
                   for s, m in scored_ids.items()},
     }
 

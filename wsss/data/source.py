@@ -1,9 +1,10 @@
 """Where a prepared data set's images and masks are: the one way later stages find files.
 
-``prepare`` records in the manifest, per id, the image's path relative to ``data.root`` and its
-mask's (relative to the root, or to ``data/prepared/masks`` where ``prepare`` rasterised COCO's
-annotations; None without a mask). A :class:`Source` resolves them; no stage after ``prepare``
-builds a layout path, so a new ``data.format`` needs a reader module and nothing else.
+``prepare`` records in the manifest, per id, the image's path relative to ``data.root``, and in
+``masks.json`` (the seed split) and ``segment_masks.json`` (the segmenter's splits) the masks'
+paths (relative to the root, or to ``data/prepared/masks`` where ``prepare`` rasterised COCO's
+annotations). A :class:`Source` resolves them; no stage after ``prepare`` builds a layout path, so
+a new ``data.format`` needs a reader module and nothing else.
 """
 from __future__ import annotations
 
@@ -17,24 +18,26 @@ from . import files
 
 
 class Source:
-    """The images and masks of a manifest under ``root``; ``project_dir`` holds ``data/prepared``."""
+    """The images of a manifest under ``root`` and the masks of ``masks`` (id -> path, from the
+    masks record a stage depends on); ``project_dir`` holds ``data/prepared``."""
 
-    def __init__(self, root: Path, manifest: dict, project_dir: Path | None = None):
+    def __init__(self, root: Path, manifest: dict, masks: dict[str, str] | None = None,
+                 project_dir: Path | None = None):
         self.root, self.manifest = Path(root), manifest
-        self.files = manifest["files"]
+        self.images, self.masks = manifest["images"], dict(masks or {})
         base = manifest.get("mask_base", "root")
         project = Path.cwd() if project_dir is None else Path(project_dir)
         self.mask_root = self.root if base == "root" else project / artifacts.PREPARED_MASKS
 
     def image_path(self, image_id: str) -> Path:
-        return self.root / self.files[image_id]["image"]
+        return self.root / self.images[image_id]
 
     def has_mask(self, image_id: str) -> bool:
-        return bool(self.files[image_id]["mask"])
+        return bool(self.masks.get(image_id))
 
     def mask_path(self, image_id: str) -> Path:
         """The mask's path; a :class:`DataError` where the data set has none for ``image_id``."""
-        rel = self.files[image_id]["mask"]
+        rel = self.masks.get(image_id)
         if not rel:
             raise DataError(f"{self.image_path(image_id)}: no mask for '{image_id}' (prepare found none; "
                             "only the scored splits' masks are recorded)")
