@@ -48,10 +48,10 @@ def main() -> None:
     counts = manifest["counts"]
     for name, n in counts.get("left_out", {}).items():
         print(f"prepare: {n} images of {name} have no annotation and are left out (no image-level label)")
-    masks = "".join(f"; {s}: masks for {n} of {counts['images'][s]} images" for s, n in counts["masks"].items()
-                    if n < counts["images"][s])
+    partial = "".join(f"; {s}: masks for {m['count']} of {counts['images'][s]} images" for s, m in masks.items()
+                      if m["count"] < counts["images"][s])
     print(f"prepare: {manifest['format']}, {len(manifest['classes'])} classes; "
-          + ", ".join(f"{s}: {n}" for s, n in counts["images"].items()) + masks)
+          + ", ".join(f"{s}: {n}" for s, n in counts["images"].items()) + partial)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Tests of the VOC-layout reader (wsss.data.voc) and the manifest (wsss.data.manifest)."""
 from __future__ import annotations
 
+import json
 import io
 import shutil
 import xml.etree.ElementTree as ET
@@ -426,3 +427,12 @@ def test_whole_images(demo_root):
     # normalised: undoing mean/std gives pixel values in 0..255
     pix = x.numpy().transpose(1, 2, 0) * STD + MEAN
     assert pix.min() >= -1e-3 and pix.max() <= 255 + 1e-3
+
+
+def test_which_splits_are_scored_never_changes_what_training_reads(demo_root):
+    """Scoring the training split's masks too (segment.labels gt) changes the masks records only:
+    the manifest, which the classifier depends on, stays the same to the byte."""
+    some = build_manifest(demo_root, SPLITS, ["train", "val"], progress=False)
+    more = build_manifest(demo_root, SPLITS, ["train", "val", "train_aug"], progress=False)
+    assert set(more.pop("masks")) == {"train", "val", "train_aug"} and set(some.pop("masks")) == {"train", "val"}
+    assert json.dumps(some, sort_keys=True) == json.dumps(more, sort_keys=True)

@@ -124,7 +124,6 @@ def build_manifest(root: Path, splits: Sequence[str], scored: Sequence[str], wor
         "mask_base": "prepared" if fmt == "coco" else "root",
         "counts": {
             "images": {s: len(v) for s, v in split_ids.items()},
-            "masks": {s: len(v) for s, v in scored_ids.items()},
             "class_images": {
                 s: {c: sum(1 for i in v if k + 1 in records[i]["labels"]) for k, c in enumerate(classes)}
                 for s, v in split_ids.items()
