@@ -76,12 +76,13 @@ def coco_annotations(mask: np.ndarray, labels: Sequence[int]) -> list[dict]:
             region = comps == c
             polys = _polygons(region)
             anns.append({"cls": k, "iscrowd": 0, "segmentation": polys if polys is not None else _rle(region),
-                         "area": int(region.sum())})
+                         "area": int(region.sum()), "bbox": list(cv2.boundingRect(region.astype(np.uint8)))})
     owner = _band_owner(mask)
     for k in labels:
         region = owner == k
         if region.any():
-            anns.append({"cls": k, "iscrowd": 1, "segmentation": _rle(region), "area": int(region.sum())})
+            anns.append({"cls": k, "iscrowd": 1, "segmentation": _rle(region), "area": int(region.sum()),
+                         "bbox": list(cv2.boundingRect(region.astype(np.uint8)))})
     return anns
 
 
@@ -109,10 +110,9 @@ def write_coco(voc_root: Path, out: Path, annotated: Sequence[str], listed: Sequ
             h, w = mask.shape
             images.append({"id": next_image, "file_name": f"{image_id}.jpg", "height": h, "width": w})
             for a in anns:
-                x, y, bw, bh = cv2.boundingRect(_region(a, h, w))
                 annotations.append({"id": next_ann, "image_id": next_image, "category_id": cat_ids[a["cls"] - 1],
                                     "segmentation": a["segmentation"], "area": a["area"], "iscrowd": a["iscrowd"],
-                                    "bbox": [x, y, bw, bh]})
+                                    "bbox": a["bbox"]})
                 next_ann += 1
             next_image += 1
         io.write_json(out / "annotations" / f"instances_{split}.json",
@@ -124,12 +124,6 @@ def write_coco(voc_root: Path, out: Path, annotated: Sequence[str], listed: Sequ
         io.write_text(out / "lists" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
         counts[split] = len(ids)
     return counts
-
-
-def _region(ann: dict, h: int, w: int) -> np.ndarray:
-    from .coco import _decode
-
-    return _decode(ann["segmentation"], h, w).astype(np.uint8)
 
 
 def write_labels(voc_root: Path, out: Path, rows: Sequence[str], listed: Sequence[str] = ()) -> dict:
