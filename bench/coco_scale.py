@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from voc_scale import dvc, finish, project_copy, stand_in_outputs, timings  # noqa: E402
 
-from wsss import artifacts, io  # noqa: E402
+from wsss import artifacts, io, packs  # noqa: E402
 from wsss.data.demo import generate_demo  # noqa: E402
 from wsss.data.files import palette_png, read_mask  # noqa: E402
 from wsss.data.forms import write_coco  # noqa: E402
@@ -129,13 +129,16 @@ def stand_in_maps(repo: Path) -> None:
     manifest = artifacts.load_manifest()
     masks = io.read_json(artifacts.MASKS)["files"]
     rng = np.random.default_rng(0)
-    for i in manifest["splits"]["train"]:
+    ids = manifest["splits"]["train"]
+    cams = packs.PackWriter(artifacts.CAMS, [artifacts.cam_name(i) for i in ids])
+    pseudo = packs.PackWriter(artifacts.PSEUDO, [artifacts.label_name(i) for i in ids])
+    for i in ids:
         h, w = manifest["sizes"][i]
         keys = np.array(manifest["labels"][i], dtype=np.int16)
-        artifacts.save_cams(artifacts.cam_path("train", i), keys,
-                            {"cam": rng.random((len(keys), h, w)).astype(np.float16)})
-        mask = read_mask(artifacts.PREPARED_MASKS / masks[i])
-        io.write_bytes(artifacts.pseudo_path("train", i), palette_png(mask))
+        cams.add(artifacts.cam_name(i), artifacts.cams_bytes(keys, {"cam": rng.random((len(keys), h, w))}))
+        pseudo.add(artifacts.label_name(i), palette_png(read_mask(artifacts.PREPARED_MASKS / masks[i])))
+    cams.close()
+    pseudo.close()
     os.chdir(REPO)
 
 

@@ -39,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wsss import artifacts, io  # noqa: E402
+from wsss import artifacts, io, packs  # noqa: E402
 from wsss.data.demo import generate_demo  # noqa: E402
 from wsss.data.files import palette_png  # noqa: E402
 
@@ -105,15 +105,14 @@ def stand_in_outputs(repo: Path) -> None:
     os.chdir(repo)
     manifest = artifacts.load_manifest()
     splits = manifest["splits"]
-    keys = np.array([1], dtype=np.int16)
-    cam = np.zeros((1, 4, 4), dtype=np.float16)
-    for split in ("train", "train_aug"):
-        for i in splits[split]:
-            artifacts.save_cams(artifacts.cam_path(split, i), keys, {"cam": cam})
+    ids = list(dict.fromkeys(splits["train"] + splits["train_aug"]))   # cams and refine: each image once
+    cam = artifacts.cams_bytes([1], {"cam": np.zeros((1, 4, 4), dtype=np.float16)})
     label = palette_png(np.zeros((4, 4), dtype=np.uint8))
-    for split in ("train", "train_aug"):          # refine labels the scored and the segmenter's split
-        for i in splits[split]:
-            io.write_bytes(artifacts.pseudo_path(split, i), label)
+    for root, member, data in ((artifacts.CAMS, artifacts.cam_name, cam), (artifacts.PSEUDO, artifacts.label_name, label)):
+        writer = packs.PackWriter(root, [member(i) for i in ids])
+        for i in ids:
+            writer.add(member(i), data)
+        writer.close()
     for i in splits["train"][:8]:
         io.write_bytes(artifacts.PREVIEWS / f"{i}.png", label)
     io.write_bytes(artifacts.WEIGHTS, b"stand-in")

@@ -43,10 +43,10 @@ def main(argv=None) -> int:
     net = trained.load_relation_net(p.refine.irn.dim, device)
     base = IRNConfig.from_params(p.refine.irn, p.seed)
     split = p.data.seed_split
-    data = []
+    data, cams = [], artifacts.cams_pack()
     for image_id in manifest["splits"][split]:
         image = source.image(image_id)
-        data.append((image, artifacts.load_cams(artifacts.cam_path(split, image_id), image.shape[:2]),
+        data.append((image, artifacts.read_cams(cams, image_id, image.shape[:2]),
                      source.mask(image_id)))
     print(f"| beta | iterations | radius | mIoU ({'best bg threshold' if kind == 'cam' else 'argmax'}) |")
     print("|---|---|---|---|")

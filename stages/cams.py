@@ -1,12 +1,14 @@
 """Stage `cams`: multi-scale + flip seed maps for every image of cams.splits, and previews.
 
-With ``cams.nproc`` > 1 (or under torchrun) every process takes every world-th image (of the
-splits' images, each once) and writes its own files: the outputs are the one-process outputs."""
+The maps go into the pack ``cams/`` (:mod:`wsss.packs`), one member per image (an image in
+several splits is computed once). With ``cams.nproc`` > 1 (or under torchrun) every process takes
+every world-th part of the pack and writes it; the first writes the index once all are done: the
+outputs are the one-process outputs."""
 from __future__ import annotations
 
 from tqdm import tqdm
 
-from wsss import artifacts, distributed, io, runtime
+from wsss import artifacts, distributed, io, packs, runtime
 from wsss.cli import data_source, run_stage
 from wsss.config import load_params
 from wsss.inference import multiscale_maps, seeding
@@ -26,25 +28,28 @@ def main() -> None:
     # previews: the first images of the seed split, drawn with their ground truth (by whichever
     # process holds them)
     previews = set(manifest["splits"][p.data.seed_split][: p.cams.num_previews])
-    # an image listed by several splits (VOC's train is inside train_aug) is computed once and
-    # written under each of them
-    where: dict[str, list[str]] = {}
-    for split in p.cams.splits:
-        for image_id in manifest["splits"][split]:
-            where.setdefault(image_id, []).append(split)
-    ids = distributed.shard(list(where))
+    # an image listed by several splits (VOC's train is inside train_aug) is computed once
+    ids = list(dict.fromkeys(i for split in p.cams.splits for i in manifest["splits"][split]))
+    seed_split = set(manifest["splits"][p.data.seed_split])
+    names = [artifacts.cam_name(i) for i in ids]
+    parts = packs.parts_of(ids)
+    mine = distributed.shard(range(len(parts)))
+    writer = packs.PackWriter(artifacts.CAMS, names, parts=mine, index=False)
     desc = f"cams {' + '.join(p.cams.splits)}" + (f" (process 1 of {world})" if world > 1 else "")
-    for image_id in tqdm(ids, desc=desc, unit="img", disable=rank > 0):
+    for image_id in tqdm([i for k in mine for i in parts[k]], desc=desc, unit="img", disable=rank > 0):
         image = source.image(image_id)
         keys = manifest["labels"][image_id]
         maps = multiscale_maps(model, image, keys, p.cams.scales, p.cams.flip, device, amp=p.train.amp,
                                seeding=seeds)
-        for split in where[image_id]:
-            artifacts.save_cams(artifacts.cam_path(split, image_id), keys, maps)
-        if p.data.seed_split in where[image_id] and image_id in previews:
+        writer.add(artifacts.cam_name(image_id), artifacts.cams_bytes(keys, maps, artifacts.cam_name(image_id)))
+        if image_id in seed_split and image_id in previews:
             gt = source.mask(image_id) if source.has_mask(image_id) else None
             panel = cam_panel(image, maps, keys, classes, gt)
             io.write_bytes(artifacts.PREVIEWS / f"{image_id}.png", png_bytes(panel))
+    writer.close()
+    distributed.barrier()
+    if rank == 0:
+        packs.write_index(artifacts.CAMS, names)
     distributed.cleanup()
 
 

@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
-from wsss import artifacts, io, metrics, runtime
+from wsss import artifacts, io, metrics, packs, runtime
 from wsss.cli import data_source, run_stage
 from wsss.config import load_params, thresholds
 from wsss.data import files
@@ -72,7 +72,7 @@ def seed_scores(p, source, masked, split, classes, lead):
     process holds more than one image's maps."""
     items = [(i, source.mask_path(i)) for i in masked]
     chunks = [items[k:k + CHUNK] for k in range(0, len(items), CHUNK)]
-    score = partial(_score_chunk, split=split, classes=classes, thresholds=thresholds(p))
+    score = partial(_score_chunk, classes=classes, thresholds=thresholds(p))
     workers = min(p.evaluate.workers or os.cpu_count() or 1, len(chunks))
     scorer = metrics.SeedScorer(classes, thresholds(p))
     pseudo_conf = np.zeros((len(classes) + 1,) * 2, dtype=np.int64)
@@ -84,7 +84,7 @@ def seed_scores(p, source, masked, split, classes, lead):
     seeds = scorer.summary()
     pseudo = metrics.scores(pseudo_conf, ["background", *classes])
     if lead not in seeds:
-        raise io.ArtifactError(f"{artifacts.cam_path(split, '*')}: no '{lead}' maps, which "
+        raise io.ArtifactError(f"{artifacts.CAMS}: no '{lead}' maps, which "
                                f"{artifacts.MODEL_INFO} names as the seeds (re-run cams)")
     cam = seeds["cam"]
     report = {"seed": {"miou": seeds[lead]["miou"], "map": lead},
@@ -100,14 +100,15 @@ def seed_scores(p, source, masked, split, classes, lead):
     return report, per_class, seeds
 
 
-def _score_chunk(items, split, classes, thresholds):
+def _score_chunk(items, classes, thresholds):
     """One chunk's counts: (SeedScorer, pseudo-label confusion, images)."""
     scorer = metrics.SeedScorer(classes, thresholds)
     conf = np.zeros((len(classes) + 1,) * 2, dtype=np.int64)
+    cams, labels = packs.opened(artifacts.CAMS), packs.opened(artifacts.PSEUDO)
     for image_id, mask_path in items:
         gt = files.read_mask(mask_path)
-        scorer.update(artifacts.load_cams(artifacts.cam_path(split, image_id), expect_shape=gt.shape), gt)
-        pseudo = artifacts.pseudo_path(split, image_id)
+        scorer.update(artifacts.read_cams(cams, image_id, expect_shape=gt.shape), gt)
+        pseudo = labels.member(artifacts.label_name(image_id))
         conf += metrics.pseudo_label_confusion(files.read_mask(pseudo), gt, len(classes) + 1, pseudo)
     return scorer, conf, len(items)
 

@@ -1,5 +1,6 @@
-"""Stage `refine`: pseudo labels (VOC palette PNGs) from the seeds of data.seed_split (scored by
-`evaluate`) and of data.train_split (the segmenter trains on them), one method for both."""
+"""Stage `refine`: pseudo labels (VOC palette PNGs, in the pack ``pseudo/``) from the seeds of
+data.seed_split (scored by `evaluate`) and of data.train_split (the segmenter trains on them), one
+method for both."""
 from __future__ import annotations
 
 import shutil
@@ -21,8 +22,9 @@ def main() -> None:
     kind = artifacts.seed_kind(r.map)
     splits = [s for s in dict.fromkeys([p.data.seed_split, p.data.train_split]) if s in p.cams.splits]
     shutil.rmtree(artifacts.PSEUDO, ignore_errors=True)
-    tasks = [(source.image_path(i), artifacts.cam_path(split, i), artifacts.pseudo_path(split, i))
-             for split in splits for i in manifest["splits"][split]]
+    # an image in several splits (VOC's train is inside train_aug) is labelled once
+    ids = list(dict.fromkeys(i for split in splits for i in manifest["splits"][split]))
+    tasks = [(source.image_path(i), i) for i in ids]
     split = " + ".join(splits)
     desc = f"refine {split} ({r.method}, {kind})"
     start = time.perf_counter()
@@ -30,11 +32,11 @@ def main() -> None:
         device = runtime.device()
         cfg = IRNConfig.from_params(r.irn, p.seed, p.train.amp)
         walker = Walker(trained.load_relation_net(cfg.dim, device), kind, cfg, device)
-        label_images(tasks, walker, workers=1, desc=desc)
+        label_images(tasks, artifacts.CAMS, walker, artifacts.PSEUDO, workers=1, desc=desc)
     else:
         cfg = RefineConfig(method=r.method, kind=kind, bg_threshold=r.bg_threshold, crf_unary=r.crf.unary,
                            crf_gt_prob=r.crf.gt_prob, crf=CRFConfig.from_params(r.crf))
-        refine_split(tasks, cfg, r.workers, desc=desc)
+        refine_split(tasks, artifacts.CAMS, cfg, artifacts.PSEUDO, r.workers, desc=desc)
     seconds = time.perf_counter() - start
     record = {"method": r.method, "map": kind, "splits": splits, "images": len(tasks), "seconds": round(seconds, 2)}
     if r.method == "irn":

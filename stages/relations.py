@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 from dvclive import Live
 
-from wsss import artifacts, io, runtime
+from wsss import artifacts, io, packs, runtime
 from wsss.cli import data_source, run_stage
 from wsss.config import load_params
 from wsss.data import files
@@ -37,14 +37,15 @@ def main() -> None:
     device = runtime.device()
     split = p.data.train_split
     ids = manifest["splits"][split]
-    label_paths = [artifacts.relation_label_path(i) for i in ids]
     conf = ConfidentConfig(kind=kind, fg_threshold=irn.conf_fg, bg_threshold=irn.conf_bg,
                            rcam_bg_scale=irn.rcam_bg_scale, clean=irn.clean,
                            gt_prob=irn.clean_crf.gt_prob, crf=CRFConfig.from_params(irn.clean_crf))
     start = time.perf_counter()
     image_paths = [source.image_path(i) for i in ids]
-    label_images([(image_path, artifacts.cam_path(split, i), o) for image_path, i, o in zip(image_paths, ids, label_paths)],
-                 partial(confident_label, cfg=conf), p.refine.workers, desc=f"confident labels {split} ({kind})")
+    label_images(list(zip(image_paths, ids)), artifacts.CAMS, partial(confident_label, cfg=conf),
+                 artifacts.RELATION_LABELS, p.refine.workers, desc=f"confident labels {split} ({kind})")
+    pack = packs.Pack(artifacts.RELATION_LABELS)
+    label_paths = [pack.member(artifacts.label_name(i)) for i in ids]
     label_seconds = time.perf_counter() - start
     counts = np.zeros(3)
     for path in label_paths:

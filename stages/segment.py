@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from wsss import artifacts, distributed, io, runtime
+from wsss import artifacts, distributed, io, packs, runtime
 from wsss.checkpoint import Checkpointer, session
 from wsss.cli import data_source, run_stage
 from wsss.config import load_params, shaping, to_dict
@@ -34,11 +34,13 @@ def main() -> None:
     split = p.data.train_split
     ids = manifest["splits"][split]
     if s.labels == "pseudo":
-        label_paths = [artifacts.pseudo_path(split, i) for i in ids]
+        pack = packs.Pack(artifacts.PSEUDO)
+        label_paths = [pack.member(artifacts.label_name(i)) for i in ids]
+        missing = [path for path, i in zip(label_paths, ids) if artifacts.label_name(i) not in pack]
     else:
         label_paths = [source.mask_path(i) if source.has_mask(i) else source.mask_root / f"(no mask: {i})"
                        for i in ids]
-    missing = [path for path in label_paths if not path.exists()]
+        missing = [path for path in label_paths if not path.exists()]
     if missing:
         what = "refine's pseudo labels" if s.labels == "pseudo" else "ground-truth masks"
         raise DataError(f"{missing[0]}: {len(missing)} of the {len(ids)} images of '{split}' have no "

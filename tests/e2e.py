@@ -61,3 +61,19 @@ def fork(repo: Path, dest: Path) -> Path:
     # DVC's state database keys files by inode: a copy re-hashes once and then trusts it again
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     return dest
+
+
+def pack_ids(root: Path, suffix: str) -> list[str]:
+    """The image ids of a pack's members (``cams/``: ``.npz``, ``pseudo/``: ``.png``), in order."""
+    from wsss import packs
+
+    members = list(packs.Pack(root).members)
+    assert all(m.endswith(suffix) for m in members), members[:3]
+    return [m[: -len(suffix)] for m in members]
+
+
+def pack_member(root: Path, name: str):
+    """A file-like handle (``read_bytes()``) on one member of the pack at ``root``."""
+    from wsss import packs
+
+    return packs.Pack(root).member(name)

@@ -186,8 +186,7 @@ def test_cams_round_trip_float16(tmp_path):
     rng = np.random.default_rng(0)
     cam = rng.random((2, 5, 7)).astype(np.float32)
     cam[0, 0, 0], cam[1, 4, 6] = 0.0, 1.0
-    path = artifacts.cam_path("train", "img_1", base=tmp_path)
-    assert path == tmp_path / "train" / "img_1.npz"
+    path = tmp_path / artifacts.cam_name("img_1")
     artifacts.save_cams(path, [3, 15], {"cam": cam})
     with np.load(path, allow_pickle=False) as z:  # stored compactly
         assert z["cam"].dtype == np.float16 and z["keys"].dtype == np.int16
@@ -238,7 +237,7 @@ def test_pulled_artifacts_that_are_malicious_pickles_are_refused(tmp_path, monke
     cfg = ModelConfig(version="v1", backbone="swin_demo", num_classes=3, img_size=64)
     io.write_json(artifacts.MODEL_INFO, {"config": cfg.to_dict(), "seed_map": "cam"})
     io.write_json(artifacts.RELATION_INFO, {"trained": True})
-    paths = {"cams": artifacts.cam_path("train", "x"), "val_scores": artifacts.VAL_SCORES,
+    paths = {"cams": tmp_path / "x.npz", "val_scores": artifacts.VAL_SCORES,
              "weights": artifacts.WEIGHTS, "relation_weights": artifacts.RELATION_WEIGHTS,
              "manifest": artifacts.MANIFEST, "weights_as_torch_file": tmp_path / "ckpt.pt"}
     loaders = {"cams": lambda: artifacts.load_cams(paths["cams"]),

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from e2e import run
-from wsss import artifacts, io
+from wsss import artifacts, io, packs
 from wsss.data import files, voc
 
 IGNORE = 255
@@ -85,14 +85,14 @@ def _one_hot(label_map: np.ndarray, keys: list[int], ignore_as: int | None = Non
 
 
 def _write_seeds(s: Split, maps: dict[str, dict[str, np.ndarray]]) -> None:
-    """maps[id] = {"cam": ..., optionally "rcam": ...} into cams/<split>/<id>.npz (replacing the run's)."""
-    for i in s.ids:
-        artifacts.save_cams(s.repo / artifacts.cam_path(s.name, i), s.keys[i], maps[i])
+    """maps[id] = {"cam": ..., optionally "rcam": ...} into the pack cams/ (replacing the run's)."""
+    packs.replace_members(s.repo / artifacts.CAMS, {artifacts.cam_name(i): artifacts.cams_bytes(s.keys[i], maps[i])
+                                                    for i in s.ids})
 
 
 def _write_pseudo(s: Split, labels: dict[str, np.ndarray]) -> None:
-    for i in s.ids:
-        io.write_bytes(s.repo / artifacts.pseudo_path(s.name, i), files.palette_png(labels[i]))
+    packs.replace_members(s.repo / artifacts.PSEUDO, {artifacts.label_name(i): files.palette_png(labels[i])
+                                                      for i in s.ids})
 
 
 def _true_labels(s: Split, ids: list[str]) -> np.ndarray:

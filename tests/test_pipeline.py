@@ -1,7 +1,9 @@
 """End to end: the DVC pipeline on a tiny configuration, in a temporary copy of the repository."""
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -9,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from e2e import copy_repo, fork, run
+from e2e import copy_repo, fork, pack_ids, pack_member, run
+from wsss import artifacts, packs
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +44,9 @@ def test_repro_produces_scored_seeds(tiny_baseline: Path):
     # refine.method none: the CAM cut at refine.bg_threshold (0.5) is the sweep's point at 0.5
     at_half = next(float(r.split(",")[1]) for r in sweep[1:] if r.startswith("0.5000,"))
     assert m["pseudo"]["miou"] == pytest.approx(at_half, abs=1e-6)
-    ids = _ids(tiny_run, "train")
-    assert sorted(p.stem for p in (tiny_run / "cams/train").glob("*.npz")) == sorted(ids)
+    both = list(dict.fromkeys(_ids(tiny_run, "train") + _ids(tiny_run, "train_aug")))
+    assert pack_ids(tiny_run / "cams", ".npz") == both          # each image once, in the splits' order
+    assert len(list((tiny_run / "cams").glob("part-*.zip"))) == math.ceil(len(both) / packs.PER_PART)
     assert len(list((tiny_run / "previews").glob("*.png"))) == 2
     run_info = json.loads((tiny_run / "metrics/run.json").read_text())
     assert {"torch", "timm", "dvc", "wsss"} <= set(run_info["versions"])
@@ -52,7 +55,7 @@ def test_repro_produces_scored_seeds(tiny_baseline: Path):
     live = json.loads((tiny_run / "dvclive/train/metrics.json").read_text())
     assert live["train"]["loss_cls"] > 0 and 0 < live["epoch"]["val_map_per_image"] <= 1
     # step 3: pseudo labels of the training split too, a segmenter trained on them, scored on val
-    assert sorted(p.stem for p in (tiny_run / "pseudo/train_aug").glob("*.png")) == sorted(_ids(tiny_run, "train_aug"))
+    assert pack_ids(tiny_run / "pseudo", ".png") == both
     seg = json.loads((tiny_run / "metrics/segment.json").read_text())
     assert seg["labels"] == "pseudo" and seg["split"] == "val" and seg["images"] == len(_ids(tiny_run, "val"))
     assert all(0 < seg[k]["miou"] <= 1 for k in ("single_scale", "msc", "msc_crf"))
@@ -219,7 +222,7 @@ def test_v2_experiment_scores_rcam(tiny_baseline: Path, tiny_v2: Path):
     assert 0 <= health["last_epoch"]["seed_bg"] <= 1 and "rcam_bg" in health["last_epoch"]
     sweep = (tiny_run / "plots/seed_sweep.csv").read_text().splitlines()
     assert sweep[0] == "threshold,cam,rcam_fg" and len(sweep) == 21
-    maps = np.load(next((tiny_run / "cams/train").glob("*.npz")), allow_pickle=False)
+    maps = artifacts.load_cams(pack_member(tiny_run / "cams", artifacts.cam_name(_ids(tiny_run, "train")[0])))
     assert maps["rcam"].shape == (len(maps["keys"]) + 1, *maps["cam"].shape[1:])
     live = json.loads((tiny_run / "dvclive/train/metrics.json").read_text())
     assert {"loss_cls", "loss_gsc", "loss_ccl", "loss_total", "health_seed_bg", "health_rcam_bg",
@@ -245,10 +248,11 @@ def test_crf_refinement_experiment(tiny_v2: Path, tmp_path: Path):
     info = json.loads((tiny_run / "pseudo/refine.json").read_text())
     assert info["method"] == "crf" and info["map"] == before["seed"]["map"]
     ids = _ids(tiny_run, "train")
-    pngs = sorted((tiny_run / "pseudo/train").glob("*.png"))
-    assert [p.stem for p in pngs] == sorted(ids)
-    with Image.open(pngs[0]) as im:
-        assert im.mode == "P" and im.size[::-1] == np.load(tiny_run / "cams/train" / f"{pngs[0].stem}.npz")["cam"].shape[1:]
+    assert set(ids) <= set(pack_ids(tiny_run / "pseudo", ".png"))
+    png = pack_member(tiny_run / "pseudo", artifacts.label_name(ids[0])).read_bytes()
+    with Image.open(io.BytesIO(png)) as im:
+        cam = artifacts.load_cams(pack_member(tiny_run / "cams", artifacts.cam_name(ids[0])))["cam"]
+        assert im.mode == "P" and im.size[::-1] == cam.shape[1:]
 
 
 @pytest.mark.slow
@@ -266,7 +270,7 @@ def test_irn_refinement_experiment(tiny_v2: Path, tmp_path: Path):
     assert info["trained"] and info["split"] == "train_aug" and info["map"] == "rcam"
     assert sum(info["confident_pixels"].values()) == pytest.approx(1.0, abs=1e-3)
     aug = _ids(tiny_run, "train_aug")
-    assert sorted(p.stem for p in (tiny_run / "relations/labels").glob("*.png")) == sorted(aug)
+    assert pack_ids(tiny_run / "relations/labels", ".png") == aug
     assert (tiny_run / "relations/relations.safetensors").stat().st_size > 0
     m = json.loads((tiny_run / "metrics/evaluate.json").read_text())
     assert 0.0 < m["pseudo"]["miou"] <= 1.0
@@ -274,9 +278,8 @@ def test_irn_refinement_experiment(tiny_v2: Path, tmp_path: Path):
     assert record["method"] == "irn" and record["relations"]["seconds"]["training"] > 0
     assert json.loads((tiny_run / "metrics/run.json").read_text())["refine"]["method"] == "irn"
     ids = _ids(tiny_run, "train")
-    pngs = sorted((tiny_run / "pseudo/train").glob("*.png"))
-    assert [p.stem for p in pngs] == sorted(ids)
-    with Image.open(pngs[0]) as im:
+    assert set(ids) <= set(pack_ids(tiny_run / "pseudo", ".png"))
+    with Image.open(io.BytesIO(pack_member(tiny_run / "pseudo", artifacts.label_name(ids[0])).read_bytes())) as im:
         assert im.mode == "P"
     # a walk parameter re-runs the walk alone, not the relation net
     out = run(["dvc", "exp", "run", "-S", "refine.method=irn", "-S", "refine.irn.epochs=1",
@@ -422,7 +425,7 @@ def test_labels_only_demo_runs_the_whole_pipeline(tiny_baseline: Path, tmp_path:
     voc = json.loads((tiny_baseline / "metrics/evaluate.json").read_text())
     assert got["cls"] == voc["cls"] and got["seed"]["miou"] is None
     assert got["scored_images"] == {"split": "train", "masks": 0, "images": len(_ids(tiny_baseline, "train"))}
-    assert len(list((repo / "pseudo/train_aug").glob("*.png"))) == len(_ids(tiny_baseline, "train_aug"))
+    assert set(_ids(tiny_baseline, "train_aug")) <= set(pack_ids(repo / "pseudo", ".png"))
     assert (repo / "segmenter/model.safetensors").exists()
     assert json.loads((repo / "metrics/segment.json").read_text())["images"] == 0
 

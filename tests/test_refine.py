@@ -138,10 +138,11 @@ def test_pseudo_label_confusion_unsure_is_background():
 
 @pytest.mark.parametrize("method, unary", [("none", "prob"), ("crf", "prob"), ("crf", "labels")])
 def test_refine_split_writes_palette_pngs(tmp_path, method, unary):
-    """The runner (2 processes) writes one palette PNG per image, class ids of the image's keys."""
-    from wsss import artifacts
+    """The runner (2 processes) writes one palette PNG per image, class ids of the image's keys,
+    into a pack, reading the seed maps from a pack of two parts."""
+    from wsss import artifacts, packs
 
-    tasks = []
+    tasks, cams = [], {}
     for i in range(3):
         img = two_tone()
         cam = np.zeros((1, 40, 60), dtype=np.float32)
@@ -151,14 +152,19 @@ def test_refine_split_writes_palette_pngs(tmp_path, method, unary):
         import cv2
 
         cv2.imwrite(str(img_path), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
-        cam_path = tmp_path / "cams" / f"{i}.npz"
-        artifacts.save_cams(cam_path, [5], {"cam": cam})
-        tasks.append((img_path, cam_path, tmp_path / "pseudo" / f"{i}.png"))
+        cams[artifacts.cam_name(str(i))] = artifacts.cams_bytes([5], {"cam": cam})
+        tasks.append((img_path, str(i)))
+    writer = packs.PackWriter(tmp_path / "cams", list(cams), per_part=2)   # two parts
+    for name, data in cams.items():
+        writer.add(name, data)
+    writer.close()
     cfg = RefineConfig(method=method, kind="cam", bg_threshold=0.5, crf_unary=unary,
                        crf=IRN_CLEAN if unary == "labels" else CRFConfig())
-    refine_split(tasks, cfg, workers=2)
-    for _, _, out in tasks:
-        lab = files.read_mask(out)
+    refine_split(tasks, tmp_path / "cams", cfg, tmp_path / "pseudo", workers=2)
+    out = packs.Pack(tmp_path / "pseudo")
+    assert list(out.members) == [artifacts.label_name(str(i)) for i in range(3)]
+    for _, image_id in tasks:
+        lab = files.read_mask(out.member(artifacts.label_name(image_id)))
         assert lab.shape == (40, 60) and set(np.unique(lab)) == {0, 5}
         if method == "crf":
             assert (lab[:, :30] == 0).all() and (lab[:, 30:] == 5).all()  # pulled to the edge at 30

@@ -12,14 +12,16 @@ Layout (relative to the project directory)::
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)
     checkpoints/last.pt                an interrupted training run's last checkpoint (gone once training ends)
     metrics/train.json                 the last epoch's health statistics (wsss.diagnostics); V2: collapse
-    cams/<split>/<id>.npz              seed maps: keys (k,) int16, cam (k, H, W) float16 and, for V2,
-                                       rcam (k+1, H, W) float16 (channel 0 = background)
+    cams/                              a pack (wsss.packs: index.json + part-*.zip) of <id>.npz, one per
+                                       image of cams.splits: seed maps keys (k,) int16, cam (k, H, W)
+                                       float16 and, for V2, rcam (k+1, H, W) float16 (channel 0 = background)
     previews/<id>.png                  CAM-over-image mosaics
     relations/relations.json           IRN relation net: trained or not, config, label stats, times
     relations/relations.safetensors    its boundary head (the backbone is the classifier's)
-    relations/labels/<id>.png          its confident training labels (palette PNG, 255 = unsure)
+    relations/labels/                  a pack of <id>.png: its confident training labels (palette PNG, 255 = unsure)
     relations/live/                    its DVCLive training log
-    pseudo/<split>/<id>.png            pseudo labels, VOC palette PNG (0 = background, 255 = unsure)
+    pseudo/                            a pack of <id>.png, one per image of the refined splits: pseudo
+                                       labels, VOC palette PNG (0 = background, 255 = unsure)
     pseudo/refine.json                 how they were made (method, map, splits, time)
     segmenter/model.safetensors        the trained segmenter (step 3)
     segmenter/model.json               its SegmenterConfig, labels it trained on, summary, versions
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import io, packs
 from .errors import ParamsError
 
 PREPARED = Path("data/prepared")
@@ -71,16 +73,26 @@ def load_manifest(path: Path = MANIFEST) -> dict:
     return io.read_json(path)
 
 
-def cam_path(split: str, image_id: str, base: Path = CAMS) -> Path:
-    return Path(base) / split / f"{image_id}.npz"
+RELATION_LABELS = RELATIONS / "labels"
 
 
-def pseudo_path(split: str, image_id: str, base: Path = PSEUDO) -> Path:
-    return Path(base) / split / f"{image_id}.png"
+def cam_name(image_id: str) -> str:
+    """An image's member in the seed-map pack (``cams/``)."""
+    return f"{image_id}.npz"
 
 
-def relation_label_path(image_id: str, base: Path = RELATIONS) -> Path:
-    return Path(base) / "labels" / f"{image_id}.png"
+def label_name(image_id: str) -> str:
+    """An image's member in a label pack (``pseudo/``, ``relations/labels/``)."""
+    return f"{image_id}.png"
+
+
+def cams_pack(base: Path = CAMS) -> packs.Pack:
+    return packs.Pack(base)
+
+
+def read_cams(pack: packs.Pack, image_id: str, expect_shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """One image's seed maps from the pack (see :func:`load_cams`)."""
+    return load_cams(pack.member(cam_name(image_id)), expect_shape)
 
 
 def seed_kind(map_param: str) -> str:
@@ -92,14 +104,21 @@ def seed_kind(map_param: str) -> str:
     return kind
 
 
+def cams_bytes(keys, maps: dict[str, np.ndarray], where: str = "seed maps") -> bytes:
+    """Seed maps of one image as ``.npz`` bytes: ``keys`` (k,) class indices and each map
+    (k', H, W) as float16."""
+    return io.npz_bytes(where, keys=np.asarray(keys, dtype=np.int16),
+                        **{name: m.astype(np.float16) for name, m in maps.items()})
+
+
 def save_cams(path: Path, keys, maps: dict[str, np.ndarray]) -> None:
-    """Seed maps of one image: ``keys`` (k,) class indices and each map (k', H, W) as float16."""
-    io.save_npz(path, keys=np.asarray(keys, dtype=np.int16),
-                **{name: m.astype(np.float16) for name, m in maps.items()})
+    """:func:`cams_bytes` into a file of its own (``python -m wsss.predict --cams``, tests)."""
+    io.write_bytes(path, cams_bytes(keys, maps, str(path)))
 
 
-def load_cams(path: Path, expect_shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Read seed maps back (no pickle) as float32, checking their size against the image's."""
+def load_cams(path, expect_shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Read seed maps back (no pickle) as float32, checking their size against the image's;
+    ``path`` is a file or a pack member."""
     arrays = io.load_npz(path)
     if "keys" not in arrays or "cam" not in arrays:
         raise io.ArtifactError(f"{path}: not a seed-map file (needs arrays 'keys' and 'cam')")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io as _io
 import json
 import os
 from pathlib import Path
@@ -143,23 +144,35 @@ def read_json(path: str | Path):
         raise ArtifactError(f"{path}: not valid JSON, not even UTF-8 text (binary data?): {exc}") from None
 
 
-def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Compressed ``.npz`` of plain numeric arrays (object arrays are refused)."""
+def npz_bytes(where: str | Path, **arrays: np.ndarray) -> bytes:
+    """A compressed ``.npz`` of plain numeric arrays, as bytes (object arrays are refused;
+    ``where`` names the file or pack member in that error)."""
     for name, a in arrays.items():
         if np.asarray(a).dtype == object:
-            raise TypeError(f"{path}: array '{name}' has dtype object, which would need pickle")
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+            raise TypeError(f"{where}: array '{name}' has dtype object, which would need pickle")
+    buf = _io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` without pickle; a pickled or corrupt file is an error."""
-    path = Path(path)
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Compressed ``.npz`` of plain numeric arrays (object arrays are refused), atomically."""
+    write_bytes(path, npz_bytes(path, **arrays))
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` (a path, or anything with ``read_bytes()`` such as a
+    pack member) without pickle; a missing, pickled or corrupt file is an error naming it."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        data = path.read_bytes() if hasattr(path, "read_bytes") else Path(path).read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: not found") from None
+    if not data.startswith(b"PK"):          # an .npz is a zip archive
+        what = "refused, it holds pickled objects" if data[:1] == b"\x80" else "not a .npz archive"
+        raise ArtifactError(f"{path}: {what} (it starts with {data[:8]!r})")
+    try:
+        with np.load(_io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
     except ValueError as exc:  # object arrays: numpy refuses to unpickle
         raise ArtifactError(f"{path}: refused, it holds pickled objects ({exc})") from None
     except Exception as exc:  # zipfile / format errors

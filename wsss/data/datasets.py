@@ -91,8 +91,9 @@ def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _aligned(paths: Sequence[Path], ids: Sequence[str]) -> list[Path]:
     """``paths`` as a list, one per id (the data set's files come from the caller: the manifest's
-    :class:`~wsss.data.source.Source`, which alone knows where they are)."""
-    paths = [Path(x) for x in paths]
+    :class:`~wsss.data.source.Source`, which alone knows where they are); a pack member
+    (:class:`wsss.packs.Member`) stays as it is."""
+    paths = [x if hasattr(x, "read_bytes") else Path(x) for x in paths]
     if len(paths) != len(ids):
         raise ValueError(f"{len(paths)} paths for {len(ids)} ids")
     return paths

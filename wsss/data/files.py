@@ -176,10 +176,12 @@ def exif_orientation(data: bytes) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Class-index mask (H, W) uint8 from a palette or grey PNG (values 0..C or 255)."""
+def read_mask(path) -> np.ndarray:
+    """Class-index mask (H, W) uint8 from a palette or grey PNG (values 0..C or 255); ``path`` is a
+    file or anything with ``read_bytes()`` (a pack member)."""
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes() if hasattr(path, "read_bytes") else Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
             if im.mode not in ("P", "L"):
                 raise DataError(f"{path}: mask must be a palette or greyscale PNG, got mode {im.mode}")
             return np.array(im, dtype=np.uint8)

@@ -3,7 +3,7 @@
 Each image: read its seed maps and the image, make class-id labels with a *labeller*
 (``labeller(image, maps) -> (H, W) uint8``: :func:`pseudo_label` for ``none`` / ``crf``,
 :func:`confident_label` for IRN's training labels, :class:`wsss.refine.irn.Walker` for IRN)
-and write a VOC palette PNG (atomically). Workers are processes (the dense CRF is
+and add its VOC palette PNG to a pack (:mod:`wsss.packs`, written atomically part by part). Workers are processes (the dense CRF is
 single-threaded C++); the order of work does not change any result.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .. import io
+from .. import packs
 from ..data import files
 from . import crf, labels
 
@@ -71,35 +71,53 @@ def confident_label(image: np.ndarray, maps: dict[str, np.ndarray], cfg: Confide
     return labels.to_class_ids(labels.confident_labels(*cuts), [int(k) for k in maps["keys"]])
 
 
-def _one(task: tuple) -> str:
-    image_path, cam_path, out_path, labeller = task
-    from ..artifacts import load_cams
+_WORK: dict = {}        # per process: the seed-map pack and the labeller (set once, not sent per image)
 
+
+def _start(cams_root: str, labeller: Callable) -> None:
+    from ..artifacts import cams_pack
+
+    _WORK.update(cams=cams_pack(Path(cams_root)), labeller=labeller)
+
+
+def _one(task: tuple[str, str]) -> bytes:
+    from ..artifacts import read_cams
+
+    image_path, image_id = task
     image = files.read_image(Path(image_path))
-    maps = load_cams(Path(cam_path), expect_shape=image.shape[:2])
-    io.write_bytes(out_path, files.palette_png(labeller(image, maps)))
-    return out_path
+    maps = read_cams(_WORK["cams"], image_id, expect_shape=image.shape[:2])
+    return files.palette_png(_WORK["labeller"](image, maps))
 
 
-def label_images(tasks: Sequence[tuple[Path, Path, Path]], labeller: Callable, workers: int = 0,
-                 desc: str = "refine") -> None:
-    """tasks: (image, seed maps, output PNG) per image. ``workers`` 0 = all cores, 1 = in process
-    (a labeller holding a torch model runs in process: torch uses the cores itself)."""
-    jobs = [(str(i), str(c), str(o), labeller) for i, c, o in tasks]
+def label_images(tasks: Sequence[tuple[Path, str]], cams: Path, labeller: Callable, out: Path,
+                 workers: int = 0, desc: str = "refine") -> None:
+    """tasks: (image, id) per image, each id once; their seed maps are read from the pack at
+    ``cams`` and their labels written as the pack at ``out`` (members ``<id>.png`` in the order of
+    ``tasks``). ``workers`` 0 = all cores, 1 = in process (a labeller holding a torch model runs
+    in process: torch uses the cores itself)."""
+    from ..artifacts import label_name
+
+    jobs = [(str(i), image_id) for i, image_id in tasks]
+    writer = packs.PackWriter(out, [label_name(image_id) for _, image_id in jobs])
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc=desc, unit="img")
     if workers == 1:
-        for job in jobs:
-            _one(job)
+        _start(str(cams), labeller)
+        done = map(_one, jobs)
+        for (_, image_id), png in zip(jobs, done):
+            writer.add(label_name(image_id), png)
             bar.update()
+        _WORK.clear()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_one, jobs, chunksize=4):
+        with ProcessPoolExecutor(max_workers=workers, initializer=_start, initargs=(str(cams), labeller)) as pool:
+            for (_, image_id), png in zip(jobs, pool.map(_one, jobs, chunksize=4)):
+                writer.add(label_name(image_id), png)
                 bar.update()
     bar.close()
+    writer.close()
 
 
-def refine_split(tasks: Sequence[tuple[Path, Path, Path]], cfg: RefineConfig, workers: int = 0,
+def refine_split(tasks: Sequence[tuple[Path, str]], cams: Path, cfg: RefineConfig, out: Path, workers: int = 0,
                  desc: str = "refine") -> None:
     """Pseudo labels by ``none`` or ``crf`` (see :func:`pseudo_label`) for every task."""
-    label_images(tasks, partial(pseudo_label, cfg=cfg), workers, desc)
+    label_images(tasks, cams, partial(pseudo_label, cfg=cfg), out, workers, desc)
