@@ -106,8 +106,8 @@ def evaluate_scaling(repo: Path, sizes: list[int], workers: int) -> list[dict]:
     for n in sizes:
         code = (f"import json, resource, time, sys; sys.path.insert(0, {str(REPO)!r}); "
                 "from stages.evaluate import seed_scores; from wsss.cli import data_source; "
-                "from wsss.config import load_params; p = load_params(); "
-                f"p.evaluate.workers = {workers}; m, s = data_source(p); ids = s.masked(m['splits']['train'])[:{n}]; "
+                "from wsss.config import load_params; from wsss import artifacts; p = load_params(); "
+                f"p.evaluate.workers = {workers}; m, s = data_source(p, artifacts.MASKS); ids = s.masked(m['splits']['train'])[:{n}]; "
                 "t = time.perf_counter(); r, _, _ = seed_scores(p, s, ids, 'train', m['classes'], 'cam'); "
                 "t = time.perf_counter() - t; "
                 "own = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024; "
@@ -130,13 +130,14 @@ def stand_in_maps(repo: Path) -> None:
     masks = io.read_json(artifacts.MASKS)["files"]
     rng = np.random.default_rng(0)
     ids = manifest["splits"]["train"]
+    prepared = packs.Pack(artifacts.PREPARED_MASKS)
     cams = packs.PackWriter(artifacts.CAMS, [artifacts.cam_name(i) for i in ids])
     pseudo = packs.PackWriter(artifacts.PSEUDO, [artifacts.label_name(i) for i in ids])
     for i in ids:
         h, w = manifest["sizes"][i]
         keys = np.array(manifest["labels"][i], dtype=np.int16)
         cams.add(artifacts.cam_name(i), artifacts.cams_bytes(keys, {"cam": rng.random((len(keys), h, w))}))
-        pseudo.add(artifacts.label_name(i), palette_png(read_mask(artifacts.PREPARED_MASKS / masks[i])))
+        pseudo.add(artifacts.label_name(i), palette_png(read_mask(prepared.member(masks[i]))))
     cams.close()
     pseudo.close()
     os.chdir(REPO)
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
         first = run_measured(repo, "repro", "prepare")
         result["first_prepare_s"] = first["seconds"]
         result["first_prepare_memory_mib"] = {k: v for k, v in first.items() if k != "seconds"}
+        print(f"first prepare: {first}", flush=True)
         dvc(repo, "repro", "demo")
         stand_in_outputs(repo)
         dvc(repo, "commit", "-f")
@@ -169,6 +171,7 @@ def main(argv=None) -> int:
         result["status_by_stage_s"] = status_by_stage(repo)
         result["files"] = {d: sum(1 for p in (repo / d).rglob("*") if p.is_file())
                            for d in ("cams", "pseudo", "data/prepared/masks")}
+        print(f"no-op: {result['now']}; by stage: {result['status_by_stage_s']}; files: {result['files']}", flush=True)
         stand_in_maps(repo)
         n = spec["n_train"]
         result["evaluate"] = evaluate_scaling(repo, sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}),

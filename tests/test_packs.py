@@ -155,3 +155,31 @@ def test_seed_maps_and_labels_read_from_members(tmp_path):
         artifacts.read_cams(pack, "a", expect_shape=(7, 5))
     with pytest.raises(ArtifactError, match=r"part-00001.zip:a.png: not a .npz archive"):
         artifacts.load_cams(pack.member(artifacts.label_name("a")))
+
+
+def test_a_member_travels_as_folder_and_name(tmp_path):
+    """A member sent to another process carries the pack's folder and its name, not the index
+    (a pool's tasks stay small at COCO's size); it reads the same there."""
+    members = _members(200)
+    _write(tmp_path / "p", members, per_part=16)
+    member = packs.Pack(tmp_path / "p").member("img_123.bin")
+    assert member.exists() and not packs.Pack(tmp_path / "p").member("nope").exists()
+    data = pickle.dumps(member)
+    assert len(data) < 300 and b"img_000.bin" not in data
+    assert pickle.loads(data).read_bytes() == members["img_123.bin"]
+    with ProcessPoolExecutor(1) as pool:
+        assert pool.submit(_read_member, member).result() == members["img_123.bin"]
+
+
+def _read_member(member):
+    return member.read_bytes()
+
+
+def test_pack_files(tmp_path):
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"m{i}.png")
+        paths[-1].write_bytes(bytes([i]) * i)
+    packs.pack_files(paths, tmp_path / "p", per_part=2)
+    pack = packs.Pack(tmp_path / "p")
+    assert list(pack.members) == [f"m{i}.png" for i in range(5)] and pack.read("m3.png") == b"\x03\x03\x03"

@@ -6,7 +6,7 @@ Layout (relative to the project directory)::
     data/prepared/manifest.json        ids, labels, sizes, classes, counts, fingerprint of what training reads
     data/prepared/masks.json           fingerprint of the scored masks (read by cams' previews and evaluate)
     data/prepared/segment_masks.json   fingerprint of the segmenter's masks (val; with segment.labels gt, train)
-    data/prepared/masks/<id>.png       COCO only: the scored splits' masks, rasterised from the annotations
+    data/prepared/masks/               COCO only: a pack of <id>.png, the scored splits' masks rasterised from the annotations
     models/model.safetensors           trained weights
     models/model.json                  ModelConfig + training summary + versions
     models/val_scores.npz              class logits on data.cls_split (ids order of the manifest)

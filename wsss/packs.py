@@ -107,8 +107,19 @@ class Member:
     def read_bytes(self) -> bytes:
         return self.pack.read(self.name)
 
+    def exists(self) -> bool:
+        return self.name in self.pack
+
     def __str__(self) -> str:
         return self.pack.where(self.name)
+
+    def __reduce__(self):
+        # sent to another process as (pack folder, name): a pool's tasks do not carry the index
+        return _member, (str(self.pack.root), self.name)
+
+
+def _member(root: str, name: str) -> Member:
+    return opened(Path(root)).member(name)
 
 
 class Pack:
@@ -214,4 +225,13 @@ def replace_members(root: Path, members: dict[str, bytes]) -> None:
     for n in names:
         writer.add(n, members[n] if n in members else pack.read(n))
     pack.close()
+    writer.close()
+
+
+def pack_files(paths: Sequence[Path], root: Path, per_part: int = PER_PART) -> None:
+    """The pack at ``root`` of the files ``paths`` (members named by file name, in this order),
+    reading one part's files at a time."""
+    writer = PackWriter(root, [Path(f).name for f in paths], per_part)
+    for f in paths:
+        writer.add(Path(f).name, Path(f).read_bytes())
     writer.close()

@@ -2,8 +2,8 @@
 
 ``prepare`` records in the manifest, per id, the image's path relative to ``data.root``, and in
 ``masks.json`` (the seed split) and ``segment_masks.json`` (the segmenter's splits) the masks'
-paths (relative to the root, or to ``data/prepared/masks`` where ``prepare`` rasterised COCO's
-annotations). A :class:`Source` resolves them; no stage after ``prepare`` builds a layout path, so
+paths (relative to the root, or members of the pack ``data/prepared/masks`` where ``prepare``
+rasterised COCO's annotations). A :class:`Source` resolves them; no stage after ``prepare`` builds a layout path, so
 a new ``data.format`` needs a reader module and nothing else.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts
+from .. import artifacts, packs
 from ..errors import DataError
 from . import files
 
@@ -28,6 +28,7 @@ class Source:
         base = manifest.get("mask_base", "root")
         project = Path.cwd() if project_dir is None else Path(project_dir)
         self.mask_root = self.root if base == "root" else project / artifacts.PREPARED_MASKS
+        self._packed = base != "root"        # prepare's rasterised masks are a pack (wsss.packs)
 
     def image_path(self, image_id: str) -> Path:
         return self.root / self.images[image_id]
@@ -35,13 +36,15 @@ class Source:
     def has_mask(self, image_id: str) -> bool:
         return bool(self.masks.get(image_id))
 
-    def mask_path(self, image_id: str) -> Path:
-        """The mask's path; a :class:`DataError` where the data set has none for ``image_id``."""
+    def mask_path(self, image_id: str) -> Path | packs.Member:
+        """The mask's file, or its member in prepare's pack (both read with ``read_bytes``, print
+        where they are and have ``exists``); a :class:`DataError` where the data set has none for
+        ``image_id``."""
         rel = self.masks.get(image_id)
         if not rel:
             raise DataError(f"{self.image_path(image_id)}: no mask for '{image_id}' (prepare found none; "
                             "only the scored splits' masks are recorded)")
-        return self.mask_root / rel
+        return packs.opened(self.mask_root).member(rel) if self._packed else self.mask_root / rel
 
     def image(self, image_id: str) -> np.ndarray:
         """RGB uint8 (H, W, 3)."""
