@@ -7,8 +7,8 @@ that folder (absolute, outside the repository), the script times:
 
 1. the first ``dvc repro prepare`` (DVC hashes the data folder once; prepare validates every image
    and mask and writes the manifest);
-2. stand-in outputs for every later stage, with the real file counts (one seed map per image of
-   train and train_aug, one pseudo label per train image, ...), recorded with ``dvc commit``: the
+2. stand-in outputs for every later stage, with the real file counts (packs of a seed map and a
+   pseudo label per image of train and train_aug, ...), recorded with ``dvc commit``: the
    stages cannot run here at this size on a CPU, and a no-op only checks their files' states;
 3. a no-op ``dvc repro`` and ``dvc status`` of the whole pipeline, ``--repeats`` times each;
 4. with ``--baseline-commit REV`` (e.g. the commit before this design), the same project at that

@@ -32,7 +32,7 @@ def main() -> None:
     masks_dir.mkdir(parents=True)
     io.write_text(masks_dir / "README.txt", "data.format coco: the scored splits' masks, rasterised by prepare "
                   "from the annotations (wsss/data/coco.py states the rules), as a pack of <id>.png "
-                  "(wsss/packs.py; unzip part-*.zip gives the PNG files); empty otherwise.\n")
+                  "(wsss/packs.py; unzip part-*.zip gives the PNG files); an empty pack otherwise.\n")
     try:
         manifest = build_manifest(root, splits, scored=scored, train=p.data.train_split,
                                   held_out=[p.data.cls_split, p.data.val_split], workers=os.cpu_count() or 1,
@@ -42,12 +42,15 @@ def main() -> None:
         raise
     # kept as a pack (wsss.packs): at COCO's size, tens of thousands of files DVC would look at
     packed = artifacts.PREPARED_MASKS.with_name(f".{artifacts.PREPARED_MASKS.name}.pack.tmp")
-    shutil.rmtree(packed, ignore_errors=True)
-    packs.pack_files(sorted(masks_dir.glob("*.png")), packed)
-    shutil.move(str(masks_dir / "README.txt"), packed / "README.txt")
-    shutil.rmtree(masks_dir)
-    shutil.rmtree(artifacts.PREPARED_MASKS, ignore_errors=True)
-    os.replace(packed, artifacts.PREPARED_MASKS)
+    try:
+        shutil.rmtree(packed, ignore_errors=True)
+        packs.pack_files(sorted(masks_dir.glob("*.png")), packed)
+        shutil.move(str(masks_dir / "README.txt"), packed / "README.txt")
+        shutil.rmtree(artifacts.PREPARED_MASKS, ignore_errors=True)
+        os.replace(packed, artifacts.PREPARED_MASKS)
+    finally:
+        shutil.rmtree(masks_dir, ignore_errors=True)
+        shutil.rmtree(packed, ignore_errors=True)
     masks = manifest.pop("masks")
     io.write_json(artifacts.MASKS, {"split": p.data.seed_split, **masks[p.data.seed_split]})
     io.write_json(artifacts.SEGMENT_MASKS, {s: masks[s] for s in dict.fromkeys(scored[1:])})

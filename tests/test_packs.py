@@ -71,8 +71,24 @@ def test_writer_faults(tmp_path):
     with pytest.raises(ArtifactError, match="4 members never written"):
         writer.close()
     assert not (tmp_path / "p" / "index.json").exists()          # unfinished: no index
-    with pytest.raises(ValueError, match="repeat"):
-        packs.PackWriter(tmp_path / "q", ["a", "a"])
+    with pytest.raises(ArtifactError, match="'a' is named twice"):
+        packs.PackWriter(tmp_path / "q", ["b", "a", "a"])
+    with pytest.raises(ValueError, match="cannot write the index"):
+        packs.PackWriter(tmp_path / "q", ["a", "b"], parts=[0])
+    with pytest.raises(ValueError, match="outside"):
+        packs.PackWriter(tmp_path / "q", ["a", "b"], parts=iter([3]), index=False)
+
+
+def test_a_run_stopped_over_an_old_pack_leaves_no_finished_pack(tmp_path):
+    """Writing over a finished pack removes its index first: a run stopped after some parts is
+    never read as a mix of new and old parts."""
+    names = [f"{i}.png" for i in range(32)]
+    _write(tmp_path / "p", {n: b"old" for n in names}, per_part=16)
+    writer = packs.PackWriter(tmp_path / "p", names, per_part=16)
+    for n in names[:16]:
+        writer.add(n, b"new")                               # part 0 written, then the run stops
+    with pytest.raises(ArtifactError, match="index.json: not found"):
+        packs.Pack(tmp_path / "p")
 
 
 def test_reader_faults_name_the_file(tmp_path):

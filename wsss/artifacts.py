@@ -112,7 +112,7 @@ def cams_bytes(keys, maps: dict[str, np.ndarray], where: str = "seed maps") -> b
 
 
 def save_cams(path: Path, keys, maps: dict[str, np.ndarray]) -> None:
-    """:func:`cams_bytes` into a file of its own (``python -m wsss.predict --cams``, tests)."""
+    """:func:`cams_bytes` into a file of its own (the stages write packs; this is for tests and tools)."""
     io.write_bytes(path, cams_bytes(keys, maps, str(path)))
 
 

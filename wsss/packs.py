@@ -38,7 +38,9 @@ def part_name(k: int) -> str:
 def parts_of(names: Sequence[str], per_part: int = PER_PART) -> list[list[str]]:
     """``names`` cut into consecutive parts of ``per_part`` (the last may be shorter)."""
     if len(set(names)) != len(names):
-        raise ValueError("pack member names repeat")
+        seen: set[str] = set()
+        twice = next(n for n in names if n in seen or seen.add(n))
+        raise ArtifactError(f"pack member '{twice}' is named twice (two images with one id?)")
     return [list(names[i:i + per_part]) for i in range(0, len(names), per_part)]
 
 
@@ -48,7 +50,7 @@ def write_part(root: Path, k: int, members: Iterable[tuple[str, bytes]]) -> None
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         for name, data in members:
             info = zipfile.ZipInfo(name, date_time=_STAMP)
-            info.external_attr = 0o644 << 16
+            info.create_system, info.external_attr = 3, 0o644 << 16     # the same bytes on every OS
             z.writestr(info, data)
     write_bytes(Path(root) / part_name(k), buf.getvalue())
 
@@ -66,19 +68,26 @@ def write_index(root: Path, names: Sequence[str], per_part: int = PER_PART) -> N
 
 class PackWriter:
     """Writes the pack of ``names`` (in that order) at ``root``: :meth:`add` each member of
-    ``parts`` (all parts by default; a process writing a share passes its own), in any order; a
-    part is written as soon as all its members are in, so at most one part's bytes are held at a
-    time when members come in order. :meth:`close` checks that nothing is missing and, if
-    ``index`` is true, writes the index."""
+    ``parts`` (all parts by default; a process writing a share passes its own and ``index=False``,
+    and one process calls :func:`write_index` once all are done), in any order; a part is written
+    as soon as all its members are in, so at most one part's bytes are held at a time when
+    members come in order. An index already at ``root`` goes first, so a stopped run leaves a pack
+    no reader takes for finished. :meth:`close` checks that nothing is missing and, if ``index``
+    is true, writes the index."""
 
     def __init__(self, root: Path, names: Sequence[str], per_part: int = PER_PART,
                  parts: Iterable[int] | None = None, index: bool = True):
         self.root, self.names, self.per_part, self.index = Path(root), list(names), per_part, index
         self._parts = parts_of(self.names, per_part)
-        mine = range(len(self._parts)) if parts is None else parts
+        mine = list(range(len(self._parts)) if parts is None else parts)
+        if parts is not None and index:
+            raise ValueError("a writer of some parts cannot write the index: write_index once all are written")
+        if any(not 0 <= k < len(self._parts) for k in mine):
+            raise ValueError(f"parts {mine} outside 0..{len(self._parts) - 1}")
         self._part_of = {n: k for k in mine for n in self._parts[k]}
         self._pending: dict[int, dict[str, bytes]] = {k: {} for k in mine}
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / INDEX).unlink(missing_ok=True)
 
     def add(self, name: str, data: bytes) -> None:
         k = self._part_of.get(name)
@@ -119,7 +128,7 @@ class Member:
 
 
 def _member(root: str, name: str) -> Member:
-    return opened(Path(root)).member(name)
+    return opened(root).member(name)
 
 
 class Pack:
@@ -138,6 +147,8 @@ class Pack:
             raise ArtifactError(f"{index_path}: not a pack index of format {FORMAT}")
         self.parts: list[str] = index["parts"]
         self.members: dict[str, int] = index["members"]
+        if any(not isinstance(k, int) or not 0 <= k < len(self.parts) for k in self.members.values()):
+            raise ArtifactError(f"{index_path}: a member's part is not one of its {len(self.parts)} parts")
         self._open: dict[int, zipfile.ZipFile] = {}
         self._pid = os.getpid()
 
@@ -195,13 +206,13 @@ class Pack:
 _OPENED: dict[str, tuple[tuple, Pack]] = {}
 
 
-def opened(root: Path) -> Pack:
+def opened(root: Path | str) -> Pack:
     """The pack at ``root``, read once per process (again if its index changed): for code that
     reads a few members per call, such as a pool's tasks."""
     index = Path(root) / INDEX
     try:
         st = index.stat()
-        where, key = str(Path(root).resolve()), (st.st_mtime_ns, st.st_size, st.st_ino)
+        where, key = str(root), (st.st_mtime_ns, st.st_size, st.st_ino)
     except FileNotFoundError:
         return Pack(root)           # says what is missing
     if _OPENED.get(where, (None,))[0] != key:

@@ -29,6 +29,7 @@ class Source:
         project = Path.cwd() if project_dir is None else Path(project_dir)
         self.mask_root = self.root if base == "root" else project / artifacts.PREPARED_MASKS
         self._packed = base != "root"        # prepare's rasterised masks are a pack (wsss.packs)
+        self._pack: packs.Pack | None = None
 
     def image_path(self, image_id: str) -> Path:
         return self.root / self.images[image_id]
@@ -44,7 +45,11 @@ class Source:
         if not rel:
             raise DataError(f"{self.image_path(image_id)}: no mask for '{image_id}' (prepare found none; "
                             "only the scored splits' masks are recorded)")
-        return packs.opened(self.mask_root).member(rel) if self._packed else self.mask_root / rel
+        if not self._packed:
+            return self.mask_root / rel
+        if self._pack is None:
+            self._pack = packs.opened(self.mask_root)
+        return self._pack.member(rel)
 
     def image(self, image_id: str) -> np.ndarray:
         """RGB uint8 (H, W, 3)."""
